@@ -1,0 +1,36 @@
+# Every target builds .venv from scratch when it is missing.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+export ALEXNET_DATA ?= $(abspath ../shared/data)
+# jemalloc keeps large tensors' pages mapped (see PERF.md): faster and repeatable on CPU.
+JEMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2))
+MALLOC_CONF := oversize_threshold:1,background_thread:false,metadata_thp:auto,dirty_decay_ms:-1,muzzy_decay_ms:-1
+RUN     := $(if $(JEMALLOC),LD_PRELOAD=$(JEMALLOC) MALLOC_CONF=$(MALLOC_CONF))
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(RUN) $(BIN)/alexnet demo
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(RUN) $(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+bench: $(STAMP)
+	$(RUN) $(BIN)/python benchmarks/model_step.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

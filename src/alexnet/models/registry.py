@@ -1,0 +1,117 @@
+"""Model names: the paper's net, each ablation of Sections 3-4 as a configuration of it, and the rest.
+
+``create_model(name, num_classes, **overrides)`` builds one; overrides are fields of the model's
+configuration (``input_size``, ``init``, ``dropout``, ``activation``, ...), so an ablation on top of an
+ablation is one call: ``create_model("alexnet_nolrn", init="kaiming")``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import replace
+
+from torch import nn
+
+from alexnet.models.alexnet import AlexNet, AlexNetConfig, ConvSpec, paper_convs
+from alexnet.models.owt import AlexNetOWT
+from alexnet.models.small import CifarNet
+
+
+def _halve_towers(input_size: int) -> tuple[ConvSpec, ...]:
+    # Section 4's one-GPU net: half the kernels in conv1-conv4, conv5 at full width (footnote 3), no towers.
+    return tuple(
+        replace(s, out_channels=s.out_channels if s.name == "conv5" else s.out_channels // 2, groups=1)
+        for s in paper_convs(input_size)
+    )
+
+
+# name -> (description, function of input_size returning the changes to AlexNetConfig's defaults)
+_PAPER_VARIANTS: dict[str, tuple[str, Callable[[int], dict]]] = {
+    "alexnet": ("the paper's network (Section 3, Figure 2)", lambda n: {}),
+    "alexnet_tanh": ("tanh instead of ReLU everywhere (Section 3.1)", lambda n: {"activation": "tanh"}),
+    "alexnet_nolrn": ("no response normalisation (Section 3.3: +1.4 top-1)", lambda n: {"lrn": False}),
+    "alexnet_nonoverlap": (
+        "non-overlapping pooling z = s = 2 (Section 3.4: +0.4 top-1); maps are still 27, 13, 6",
+        lambda n: {"pool_kernel": 2, "pool_stride": 2},
+    ),
+    "alexnet_onetower": (
+        "the one-GPU comparison net: half the kernels in conv1-conv4, conv5 and FC full width, no towers",
+        lambda n: {"convs": _halve_towers(n)},
+    ),
+    "alexnet_notowers": (
+        "the paper's widths with every layer seeing every map (no grouping)",
+        lambda n: {"convs": tuple(replace(s, groups=1) for s in paper_convs(n))},
+    ),
+    "alexnet_shallow": (
+        "conv4 removed, one middle conv layer (Section 7: about +2 top-1)",
+        lambda n: {"convs": tuple(s for s in paper_convs(n) if s.name != "conv4")},
+    ),
+    "alexnet_nodropout": ("no dropout (Section 4.2: substantial overfitting)", lambda n: {"dropout": 0.0}),
+    "alexnet_6conv": (
+        "an extra conv6 over pool5 (the '1 CNN*' rows): 256 3x3 kernels, padding 1, per tower, bias 1",
+        lambda n: {"extra_conv": ConvSpec("conv6", 256, 3, padding=1, groups=2, bias=1.0)},
+    ),
+}
+
+_OTHER: dict[str, tuple[str, Callable[..., nn.Module]]] = {
+    "alexnet_owt": ("torchvision's single-tower AlexNet, torchvision's keys (loads its weights)", AlexNetOWT),
+    "cifar_relu": ("four-layer CIFAR-10 net with ReLU (Figure 1)", lambda **kw: CifarNet(**kw)),
+    "cifar_tanh": ("four-layer CIFAR-10 net with tanh (Figure 1)",
+                   lambda **kw: CifarNet(**{"activation": "tanh", **kw})),
+    "cifar_lrn": ("four-layer CIFAR-10 net with ReLU and LRN (Section 3.3)",
+                  lambda **kw: CifarNet(**{"lrn": True, **kw})),
+}
+
+_ALEXNET_FIELDS = {f.name for f in dataclasses.fields(AlexNetConfig)} - {"num_classes", "convs"}
+
+
+def list_models() -> list[str]:
+    """Every registered model name."""
+    return [*_PAPER_VARIANTS, *_OTHER]
+
+
+def describe_model(name: str) -> str:
+    """One line on what ``name`` is."""
+    _check(name)
+    return (_PAPER_VARIANTS.get(name) or _OTHER[name])[0]
+
+
+def model_config(name: str, num_classes: int = 1000, **overrides) -> AlexNetConfig:
+    """The AlexNetConfig of a paper-family model name, with overrides applied."""
+    _check(name)
+    if name not in _PAPER_VARIANTS:
+        raise ValueError(f"model {name!r} is not one of the paper's configurations")
+    unknown = set(overrides) - _ALEXNET_FIELDS
+    if unknown:
+        raise ValueError(f"unknown override(s) {sorted(unknown)} for {name}; valid: {sorted(_ALEXNET_FIELDS)}")
+    input_size = overrides.pop("input_size", 224)
+    base = AlexNetConfig(num_classes=num_classes, input_size=input_size, convs=paper_convs(input_size))
+    return replace(base, **{**_PAPER_VARIANTS[name][1](input_size), **overrides})
+
+
+def create_model(name: str, num_classes: int = 1000, **overrides) -> nn.Module:
+    """Build a registered model.
+
+    Args:
+        name: one of :func:`list_models`.
+        num_classes: size of the last layer.
+        **overrides: for the paper family, AlexNetConfig fields (input_size, init, dropout, activation, lrn,
+            ...); for alexnet_owt, ``dropout`` (and ``input_size``, ignored: its adaptive pooling takes any);
+            for the CIFAR nets, ``activation``, ``lrn``, ``dropout`` (``input_size`` must be 32).
+    """
+    _check(name)
+    if name in _PAPER_VARIANTS:
+        return AlexNet(model_config(name, num_classes, **overrides))
+    input_size = overrides.pop("input_size", None)
+    if name.startswith("cifar") and input_size not in (None, 32):
+        raise ValueError(f"{name} takes 32x32 images, not input_size={input_size}")
+    try:
+        return _OTHER[name][1](num_classes=num_classes, **overrides)
+    except TypeError as err:
+        raise ValueError(f"bad override for {name}: {err}") from err
+
+
+def _check(name: str) -> None:
+    if name not in _PAPER_VARIANTS and name not in _OTHER:
+        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
