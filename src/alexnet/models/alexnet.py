@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from alexnet.models.lrn import LocalResponseNorm
+from alexnet.models.lrn import LocalResponseNorm, LRNMaxPool
 
 INITS = ("paper", "cuda-convnet", "kaiming")
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
@@ -118,7 +118,7 @@ class AlexNet(nn.Module):
         super().__init__()
         self.config = cfg = config or AlexNetConfig()
         act = ACTIVATIONS[cfg.activation]
-        # ReLU followed by LRN runs as one fused kernel (exactly equal to the two layers).
+        # ReLU -> LRN (-> max pool) run as one fused kernel, exactly equal to the separate layers.
         fuse_relu = cfg.activation == "relu"
         self.blocks: list[str] = []
         in_channels = 3
@@ -127,14 +127,16 @@ class AlexNet(nn.Module):
             conv = nn.Conv2d(in_channels, spec.out_channels, spec.kernel, spec.stride, spec.padding,
                              groups=spec.groups)
             setattr(self, spec.name, conv)
-            layers: list[nn.Module] = []
-            if spec.lrn and cfg.lrn:
-                norm = LocalResponseNorm(cfg.lrn_size, cfg.lrn_alpha, cfg.lrn_beta, cfg.lrn_k, relu=fuse_relu)
-                layers += [norm] if fuse_relu else [act(), norm]
+            lrn = (cfg.lrn_size, cfg.lrn_alpha, cfg.lrn_beta, cfg.lrn_k)
+            layers: list[nn.Module] = [] if fuse_relu and spec.lrn and cfg.lrn else [act()]
+            if spec.lrn and cfg.lrn and spec.pool:
+                layers.append(LRNMaxPool(*lrn, relu=fuse_relu, pool_kernel=cfg.pool_kernel,
+                                         pool_stride=cfg.pool_stride))
             else:
-                layers.append(act())
-            if spec.pool:
-                layers.append(nn.MaxPool2d(cfg.pool_kernel, cfg.pool_stride))
+                if spec.lrn and cfg.lrn:
+                    layers.append(LocalResponseNorm(*lrn, relu=fuse_relu))
+                if spec.pool:
+                    layers.append(nn.MaxPool2d(cfg.pool_kernel, cfg.pool_stride))
             setattr(self, f"{spec.name}_post", nn.Sequential(*layers))
             self.blocks.append(spec.name)
             in_channels = spec.out_channels

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import platform
 import warnings
@@ -45,6 +46,8 @@ def cpp_kernel_available() -> bool:
 
     # -march=native: the build is cached per machine; the CPU's name is part of the cache key.
     key = hashlib.sha256(_SOURCE.read_bytes() + platform.processor().encode() + _cpu_model().encode())
+    # The builder logs a CUDA warning on CPU-only machines that says nothing about this kernel.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
         cpp_extension.load(
             name=f"alexnet_lrn_{key.hexdigest()[:12]}",
@@ -137,25 +140,69 @@ def local_response_norm(
 
     ``backend``: "auto" (C++ kernel on CPU when it builds, else PyTorch), "cpp" or "torch".
     """
-    if size < 1 or size % 2 == 0:
-        raise ValueError(f"LRN size {size} must be a positive odd number (the window is centred on i)")
-    if x.dim() < 2:
-        raise ValueError(f"LRN expects a (N, C, ...) tensor, got shape {tuple(x.shape)}")
+    _check_args(x, size)
+    fn = _CppLRN if _use_cpp(x, backend) else _TorchLRN
+    if fn is _TorchLRN and x.dtype in (torch.float16, torch.bfloat16):
+        # Low precision powers lose too much: compute in float32, hand back the caller's dtype.
+        return fn.apply(x.float(), size, alpha, beta, k, relu).to(x.dtype)
+    return fn.apply(x, size, alpha, beta, k, relu)
+
+
+class _CppLRNPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, size, alpha, beta, k, relu, pool_kernel, pool_stride):
+        params = (size, alpha, beta, k, relu, pool_kernel, pool_stride)
+        y, argmax = torch.ops.alexnet_lrn.pool_forward(x, *params)
+        ctx.save_for_backward(x, argmax)
+        ctx.params = params
+        ctx.mark_non_differentiable(argmax)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, argmax = ctx.saved_tensors
+        grad_x = torch.ops.alexnet_lrn.pool_backward(grad, x, argmax, *ctx.params)
+        return grad_x, None, None, None, None, None, None, None
+
+
+def _use_cpp(x: torch.Tensor, backend: str) -> bool:
     if backend not in ("auto", "cpp", "torch"):
         raise ValueError(f"LRN backend {backend!r}: expected 'auto', 'cpp' or 'torch'")
-    use_cpp = (
+    use = (
         backend != "torch"
         and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64, torch.bfloat16)
         and cpp_kernel_available()
     )
-    if backend == "cpp" and not use_cpp:
+    if backend == "cpp" and not use:
         raise RuntimeError(f"the C++ LRN kernel cannot run on a {x.device.type} {x.dtype} tensor")
-    fn = _CppLRN if use_cpp else _TorchLRN
-    if fn is _TorchLRN and x.dtype in (torch.float16, torch.bfloat16):
-        # Low precision powers lose too much: compute in float32, hand back the caller's dtype.
-        return fn.apply(x.float(), size, alpha, beta, k, relu).to(x.dtype)
-    return fn.apply(x, size, alpha, beta, k, relu)
+    return use
+
+
+def _check_args(x: torch.Tensor, size: int) -> None:
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"LRN size {size} must be a positive odd number (the window is centred on i)")
+    if x.dim() < 2:
+        raise ValueError(f"LRN expects a (N, C, ...) tensor, got shape {tuple(x.shape)}")
+
+
+def lrn_max_pool(
+    x: torch.Tensor,
+    size: int = 5,
+    alpha: float = 1e-4,
+    beta: float = 0.75,
+    k: float = 2.0,
+    relu: bool = True,
+    pool_kernel: int = 3,
+    pool_stride: int = 2,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """[ReLU ->] LRN -> max pooling (Sections 3.3-3.4), fused on the CPU; equals the three layers in turn."""
+    _check_args(x, size)
+    if _use_cpp(x, backend):
+        return _CppLRNPool.apply(x, size, alpha, beta, k, relu, pool_kernel, pool_stride)
+    y = local_response_norm(x, size, alpha, beta, k, relu, backend="torch")
+    return F.max_pool2d(y, pool_kernel, pool_stride)
 
 
 class LocalResponseNorm(nn.Module):
@@ -188,3 +235,27 @@ def torch_reference_lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, bet
                         k: float = 2.0) -> torch.Tensor:
     """torch.nn.functional's LRN set to the paper's formula (alpha multiplied by n): for comparisons."""
     return F.local_response_norm(x, size, alpha * size, beta, k)
+
+
+class LRNMaxPool(nn.Module):
+    """ReLU (optional), the paper's LRN and overlapping max pooling as one layer: the conv1/conv2 blocks.
+
+    Numerically the same as ``nn.ReLU``, :class:`LocalResponseNorm` and ``nn.MaxPool2d`` in turn; on the CPU
+    one fused kernel does all three without materialising the normalised maps.
+    """
+
+    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
+                 relu: bool = True, pool_kernel: int = 3, pool_stride: int = 2) -> None:
+        super().__init__()
+        if size < 1 or size % 2 == 0:
+            raise ValueError(f"LRN size {size} must be a positive odd number (the window is centred on i)")
+        self.size, self.alpha, self.beta, self.k, self.relu = size, alpha, beta, k, relu
+        self.pool_kernel, self.pool_stride = pool_kernel, pool_stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return lrn_max_pool(x, self.size, self.alpha, self.beta, self.k, self.relu, self.pool_kernel,
+                            self.pool_stride)
+
+    def extra_repr(self) -> str:
+        return (f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, relu={self.relu}, "
+                f"pool={self.pool_kernel}/{self.pool_stride}")

@@ -84,7 +84,8 @@ def model_config(name: str, num_classes: int = 1000, **overrides) -> AlexNetConf
         raise ValueError(f"model {name!r} is not one of the paper's configurations")
     unknown = set(overrides) - _ALEXNET_FIELDS
     if unknown:
-        raise ValueError(f"unknown override(s) {sorted(unknown)} for {name}; valid: {sorted(_ALEXNET_FIELDS)}")
+        valid = ", ".join(sorted(_ALEXNET_FIELDS))
+        raise ValueError(f"unknown override(s) {sorted(unknown)} for {name}; valid: {valid}")
     input_size = overrides.pop("input_size", 224)
     base = AlexNetConfig(num_classes=num_classes, input_size=input_size, convs=paper_convs(input_size))
     return replace(base, **{**_PAPER_VARIANTS[name][1](input_size), **overrides})

@@ -1,0 +1,160 @@
+"""LRN: the paper's formula (Section 3.3) at float64, both implementations, values and gradients."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from alexnet.models.lrn import (
+    LocalResponseNorm,
+    LRNMaxPool,
+    cpp_kernel_available,
+    local_response_norm,
+    lrn_max_pool,
+    torch_reference_lrn,
+)
+
+BACKENDS = ["torch", "cpp"]
+
+
+def formula(a: torch.Tensor, n=5, alpha=1e-4, beta=0.75, k=2.0) -> torch.Tensor:
+    """b_i = a_i / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a_j^2)^beta, channel by channel."""
+    channels = a.shape[1]
+    out = torch.empty_like(a)
+    for i in range(channels):
+        lo, hi = max(0, i - n // 2), min(channels - 1, i + n // 2)
+        s = sum(a[:, j] ** 2 for j in range(lo, hi + 1))
+        out[:, i] = a[:, i] / (k + alpha * s) ** beta
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel():
+    assert cpp_kernel_available(), "the C++ LRN kernel must build in the test environment (gcc + ninja)"
+
+
+def activations(*shape, scale=40.0, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g, dtype=dtype) * scale).abs()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("channels", [1, 2, 3, 7, 96])
+def test_values_match_formula_including_edges(backend, channels):
+    a = activations(2, channels, 5, 4)
+    torch.testing.assert_close(local_response_norm(a, backend=backend), formula(a), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_other_hyperparameters(backend):
+    a = activations(2, 9, 3, 3)
+    got = local_response_norm(a, size=3, alpha=1e-3, beta=0.5, k=1.0, backend=backend)
+    torch.testing.assert_close(got, formula(a, n=3, alpha=1e-3, beta=0.5, k=1.0), rtol=1e-12, atol=1e-12)
+
+
+def test_alpha_is_not_divided_by_n():
+    a = activations(2, 16, 4, 4)
+    ours = local_response_norm(a)
+    torch.testing.assert_close(ours, torch_reference_lrn(a), rtol=1e-10, atol=1e-10)
+    # torch's layer with the paper's alpha divides it by n and so normalises much less.
+    assert not torch.allclose(ours, F.local_response_norm(a, 5, 1e-4, 0.75, 2.0), rtol=1e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("relu", [False, True])
+def test_gradcheck(backend, relu):
+    x = torch.randn(2, 7, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 30
+    x.requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: local_response_norm(t, relu=relu, backend=backend), (x,))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradient_matches_autograd_through_formula(backend):
+    a = activations(2, 11, 3, 3, seed=3).requires_grad_()
+    g = torch.randn(2, 11, 3, 3, dtype=torch.float64)
+    (want,) = torch.autograd.grad(formula(a), a, g)
+    (got,) = torch.autograd.grad(local_response_norm(a, backend=backend), a, g)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_cpp_matches_torch_in_float32_at_paper_scale():
+    x = torch.randn(4, 96, 27, 27, generator=torch.Generator().manual_seed(4)) * 50
+    x.requires_grad_()
+    g = torch.randn(4, 96, 27, 27)
+    ys = [local_response_norm(x, relu=True, backend=b) for b in BACKENDS]
+    grads = [torch.autograd.grad(y, x, g)[0] for y in ys]
+    torch.testing.assert_close(ys[0], ys[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_bfloat16_is_close_to_float32():
+    x = torch.randn(2, 32, 8, 8) * 30
+    ref = local_response_norm(x)
+    for backend in BACKENDS:
+        got = local_response_norm(x.bfloat16(), backend=backend)
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), ref, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fused_relu_equals_relu_then_lrn(backend):
+    x = torch.randn(2, 9, 5, 5, dtype=torch.float64) * 20
+    x.requires_grad_()
+    g = torch.randn(2, 9, 5, 5, dtype=torch.float64)
+    fused = local_response_norm(x, relu=True, backend=backend)
+    plain = formula(torch.relu(x))
+    torch.testing.assert_close(fused, plain)
+    torch.testing.assert_close(torch.autograd.grad(fused, x, g)[0], torch.autograd.grad(plain, x, g)[0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("pool_kernel", "pool_stride", "side"), [(3, 2, 13), (3, 2, 12), (2, 2, 11)])
+def test_lrn_max_pool_equals_three_layers(backend, pool_kernel, pool_stride, side):
+    x = torch.randn(3, 10, side, side, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) * 20
+    x.requires_grad_()
+    want = F.max_pool2d(formula(torch.relu(x)), pool_kernel, pool_stride)
+    got = lrn_max_pool(x, relu=True, pool_kernel=pool_kernel, pool_stride=pool_stride, backend=backend)
+    torch.testing.assert_close(got, want)
+    g = torch.randn_like(want)
+    torch.testing.assert_close(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])
+
+
+def test_lrn_max_pool_gradcheck_cpp():
+    x = torch.randn(2, 6, 7, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(6)) * 30
+    assert torch.autograd.gradcheck(lambda t: lrn_max_pool(t, backend="cpp"), (x.requires_grad_(),))
+
+
+def test_lrn_max_pool_propagates_nan():
+    x = torch.ones(1, 4, 5, 5)
+    x[0, 1, 2, 2] = float("nan")
+    y = lrn_max_pool(x, relu=False, backend="cpp")
+    ref = lrn_max_pool(x, relu=False, backend="torch")
+    assert torch.equal(torch.isnan(y), torch.isnan(ref)) and torch.isnan(y).any()
+
+
+def test_modules_and_argument_errors():
+    x = activations(1, 8, 6, 6, dtype=torch.float32)
+    torch.testing.assert_close(LocalResponseNorm()(x), local_response_norm(x))
+    torch.testing.assert_close(LRNMaxPool()(x), lrn_max_pool(x))
+    with pytest.raises(ValueError, match="odd"):
+        LocalResponseNorm(size=4)
+    with pytest.raises(ValueError, match="backend"):
+        local_response_norm(x, backend="fast")
+    with pytest.raises(ValueError, match=r"\(N, C"):
+        local_response_norm(torch.ones(5))
+
+
+def test_env_forces_pure_pytorch_fallback():
+    code = (
+        "import torch; from alexnet.models.lrn import cpp_kernel_available, local_response_norm;"
+        "assert not cpp_kernel_available();"
+        "x = torch.arange(20.0, dtype=torch.float64).reshape(1, 5, 2, 2) * 9;"
+        "print(repr(float(local_response_norm(x).sum())))"
+    )
+    env = {**os.environ, "ALEXNET_LRN": "torch"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    x = torch.arange(20.0, dtype=torch.float64).reshape(1, 5, 2, 2) * 9
+    assert float(out.stdout) == pytest.approx(float(formula(x).sum()), rel=1e-12)

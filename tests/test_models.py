@@ -1,0 +1,188 @@
+"""The network of Section 3 / Figure 2, number by number, and every registered variant."""
+
+import json
+import math
+
+import pytest
+import torch
+import torchvision
+
+from alexnet.cli import main as cli_main
+from alexnet.models import AlexNet, create_model, list_models, model_config
+from alexnet.models.summary import summarize
+
+PAPER_MAPS = {"conv1": (96, 55, 55), "conv2": (256, 27, 27), "conv3": (384, 13, 13), "conv4": (384, 13, 13),
+              "conv5": (256, 13, 13)}
+
+
+def conv_outputs(model: AlexNet, size: int) -> dict[str, tuple]:
+    shapes = {}
+    hooks = [getattr(model, n).register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, o.shape[1:]))
+             for n in model.blocks]
+    with torch.no_grad():
+        pooled = model.conv_features(torch.zeros(1, 3, size, size))
+    for h in hooks:
+        h.remove()
+    shapes["pool5"] = pooled.shape[1:]
+    return shapes
+
+
+@pytest.fixture(scope="module")
+def paper() -> AlexNet:
+    torch.manual_seed(0)
+    return create_model("alexnet")
+
+
+def test_exact_parameter_count(paper):
+    assert sum(p.numel() for p in paper.parameters()) == 60_965_224
+
+
+def test_layer_shapes_and_names(paper):
+    assert paper.conv1.weight.shape == (96, 3, 11, 11)
+    assert paper.conv2.weight.shape == (256, 48, 5, 5)
+    assert paper.conv3.weight.shape == (384, 256, 3, 3)
+    assert paper.conv4.weight.shape == (384, 192, 3, 3)
+    assert paper.conv5.weight.shape == (256, 192, 3, 3)
+    assert paper.fc6.weight.shape == (4096, 9216)
+    assert paper.fc7.weight.shape == (4096, 4096)
+    assert paper.fc8.weight.shape == (1000, 4096)
+
+
+@pytest.mark.parametrize("size", [224, 227])
+def test_feature_maps(size):
+    model = create_model("alexnet", input_size=size)
+    shapes = conv_outputs(model, size)
+    for name, want in PAPER_MAPS.items():
+        assert tuple(shapes[name]) == want, name
+    assert tuple(shapes["pool5"]) == (256, 6, 6)
+
+
+def test_input_size_other_than_224_or_227_is_refused():
+    with pytest.raises(ValueError, match="224"):
+        create_model("alexnet", input_size=256)
+
+
+@pytest.mark.parametrize(("layer", "in_channels"), [("conv2", 96), ("conv4", 384), ("conv5", 384)])
+def test_towers_see_only_their_own_inputs(paper, layer, in_channels):
+    conv = getattr(paper, layer)
+    x = torch.randn(1, in_channels, 13, 13)
+    x2 = x.clone()
+    x2[:, in_channels // 2:] += torch.randn_like(x2[:, in_channels // 2:])  # change tower 2's inputs only
+    with torch.no_grad():
+        y, y2 = conv(x), conv(x2)
+    half = y.shape[1] // 2
+    assert torch.equal(y[:, :half], y2[:, :half])  # tower 1 untouched
+    assert not torch.allclose(y[:, half:], y2[:, half:])
+
+
+def test_conv3_sees_both_towers(paper):
+    x = torch.randn(1, 256, 13, 13)
+    x2 = x.clone()
+    x2[:, 128:] += 1.0
+    with torch.no_grad():
+        y, y2 = paper.conv3(x), paper.conv3(x2)
+    assert not torch.allclose(y[:, :192], y2[:, :192]) and not torch.allclose(y[:, 192:], y2[:, 192:])
+
+
+def test_paper_initialisation(paper):
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
+        w = getattr(paper, name).weight
+        assert abs(w.mean().item()) < 3e-3 * max(1.0, 1e3 / w.numel()) ** 0.5
+        assert w.std().item() == pytest.approx(0.01, rel=0.05 if w.numel() > 30_000 else 0.1), name
+        bias = getattr(paper, name).bias
+        want = 1.0 if name in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0
+        assert torch.all(bias == want), name
+
+
+def test_cuda_convnet_and_kaiming_initialisation():
+    torch.manual_seed(0)
+    cc = create_model("alexnet", init="cuda-convnet")
+    for name in ("conv3", "conv4", "conv5"):
+        assert getattr(cc, name).weight.std().item() == pytest.approx(0.03, rel=0.03)
+    assert cc.conv1.weight.std().item() == pytest.approx(0.01, rel=0.1)
+    kai = create_model("alexnet", init="kaiming")
+    for name in ("conv2", "conv3", "fc6"):
+        w = getattr(kai, name).weight
+        assert w.std().item() == pytest.approx(math.sqrt(2.0 / w[0].numel()), rel=0.05), name
+        assert torch.all(getattr(kai, name).bias == 0)
+    with pytest.raises(ValueError, match="init"):
+        create_model("alexnet", init="xavier")
+
+
+def test_forward_features_are_fc7_after_relu(paper):
+    paper.eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        feats = paper.forward_features(x)
+        logits = paper(x)
+    assert feats.shape == (2, 4096) and feats.min() >= 0
+    torch.testing.assert_close(paper.fc8(feats), logits)
+
+
+def test_dropout_is_on_fc6_and_fc7_only(paper):
+    assert paper.drop6.p == paper.drop7.p == 0.5
+    assert create_model("alexnet_nodropout").drop6.p == 0.0
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_variant_forward_backward(name):
+    torch.manual_seed(0)
+    small = name.startswith("cifar")
+    model = create_model(name, num_classes=10)
+    x = torch.randn(2, 3, 32 if small else 224, 32 if small else 224)
+    loss = torch.nn.functional.cross_entropy(model(x), torch.tensor([1, 2]))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert model.forward_features(x).dim() == 2
+
+
+def test_ablation_configurations():
+    onetower = create_model("alexnet_onetower")
+    assert [getattr(onetower, f"conv{i}").out_channels for i in range(1, 6)] == [48, 128, 192, 192, 256]
+    assert all(getattr(onetower, f"conv{i}").groups == 1 for i in range(1, 6))
+    assert onetower.fc6.out_features == 4096
+    notowers = create_model("alexnet_notowers")
+    assert all(getattr(notowers, f"conv{i}").groups == 1 for i in range(1, 6))
+    assert notowers.conv2.weight.shape == (256, 96, 5, 5)
+    assert "conv4" not in create_model("alexnet_shallow").blocks
+    six = create_model("alexnet_6conv")
+    assert six.blocks[-1] == "conv6" and six.conv6.groups == 2 and six.fc6.in_features == 9216
+    nonoverlap = model_config("alexnet_nonoverlap")
+    assert (nonoverlap.pool_kernel, nonoverlap.pool_stride) == (2, 2)
+    assert tuple(conv_outputs(create_model("alexnet_nonoverlap"), 224)["pool5"]) == (256, 6, 6)
+    assert not model_config("alexnet_nolrn").lrn
+    assert isinstance(create_model("alexnet_tanh").act6, torch.nn.Tanh)
+
+
+def test_unknown_names_and_overrides_are_explained():
+    with pytest.raises(ValueError, match="registered models"):
+        create_model("alexnet_v3")
+    with pytest.raises(ValueError, match="valid"):
+        create_model("alexnet", widht=3)
+
+
+def test_owt_loads_torchvision_weights_and_matches():
+    torch.manual_seed(0)
+    reference = torchvision.models.alexnet().eval()
+    ours = create_model("alexnet_owt").eval()
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), rtol=0, atol=0)
+    assert sum(p.numel() for p in ours.parameters()) == 61_100_840
+
+
+def test_summary_totals_and_cli(capsys):
+    rows, totals = summarize("alexnet")
+    assert totals["params"] == 60_965_224
+    neurons = [r["neurons"] for r in rows if r["neurons"]]
+    # The paper's counts for conv2..fc8 (its 253,440 for conv1 does not match 55x55x96 = 290,400).
+    assert neurons == [290_400, 186_624, 64_896, 64_896, 43_264, 4096, 4096, 1000]
+    conv2 = next(r for r in rows if r["layer"] == "conv2")
+    assert conv2["macs"] == 27 * 27 * 256 * 48 * 25
+    assert cli_main(["summary", "--model", "alexnet_onetower", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["totals"]["params"] == 59_798_312
+    assert cli_main(["summary"]) == 0
+    assert "60,965,224" in capsys.readouterr().out
