@@ -42,12 +42,12 @@ def cpp_kernel_available() -> bool:
         raise ValueError(f"ALEXNET_LRN={mode!r}: expected 'auto', 'cpp' or 'torch'")
     if mode == "torch":
         return False
+    # The builder logs a CUDA warning on CPU-only machines that says nothing about this kernel.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import cpp_extension
 
     # -march=native: the build is cached per machine; the CPU's name is part of the cache key.
     key = hashlib.sha256(_SOURCE.read_bytes() + platform.processor().encode() + _cpu_model().encode())
-    # The builder logs a CUDA warning on CPU-only machines that says nothing about this kernel.
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
         cpp_extension.load(
             name=f"alexnet_lrn_{key.hexdigest()[:12]}",

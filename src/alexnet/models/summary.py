@@ -20,16 +20,16 @@ def _macs(module: nn.Module, out: torch.Tensor) -> int:
     return 0
 
 
-def summarize(name: str, input_size: int = 224, num_classes: int = 1000) -> tuple[list[dict], dict]:
+def summarize(name: str, input_size: int | None = None, num_classes: int = 1000) -> tuple[list[dict], dict]:
     """Run one image through ``name`` and describe every layer that changes shape or holds weights.
 
     Returns (rows, totals); each row has layer, kind, output shape (C, H, W) or (F,), params, macs, neurons
     (output elements of weight layers: the paper's "neurons"). MACs count one image, forward.
+    ``input_size`` defaults to the model's own (224, or 32 for the CIFAR-10 nets).
     """
-    overrides = {"input_size": input_size}
-    model = create_model(name, num_classes=num_classes, **overrides).eval()
-    if name.startswith("cifar"):
-        input_size = 32
+    if input_size is None:
+        input_size = 32 if name.startswith("cifar") else 224
+    model = create_model(name, num_classes=num_classes, input_size=input_size).eval()
     rows: list[dict] = []
 
     def hook(module: nn.Module, _inputs, out: torch.Tensor, layer: str) -> None:
