@@ -1,0 +1,449 @@
+"""`alexnet prepare`: decode every image once into the store (Section 2 of the paper).
+
+Each image is decoded to RGB whatever its mode, its shorter side scaled to `size` (antialiased bilinear), and
+the centre square cropped. Over the train split we accumulate, in float64, the per-pixel mean image (the
+paper subtracts it) and the sums giving the 3x3 RGB covariance whose eigen-decomposition drives PCA colour
+augmentation (Section 4.1). Pixel values are integers, so these sums are exact and the same in any order.
+
+Work is split into shards of a fixed list of sorted entries; worker processes decode a shard, write it
+atomically and then record its statistics under ``STORE/.work``. A rerun skips shards already recorded, so
+a killed prepare resumes and produces a store byte-identical to an uninterrupted run. ``meta.json`` is
+written last; the ``.work`` folder is removed after it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+import warnings
+from collections import Counter, deque
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms.v2 import functional as F
+from tqdm import tqdm
+
+from alexnet.data import labels as labels_mod
+from alexnet.data.sources import Entry, Payload, Source, open_source
+from alexnet.data.store import (
+    ENCODINGS,
+    SPLIT_ORDER,
+    STORE_VERSION,
+    DataError,
+    atomic_write,
+    quiet_torchvision_io,
+    write_json,
+    write_npy,
+    write_shard,
+)
+
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's own decompression-bomb limit
+DEFAULT_SHARD_SIZE = 1024
+_ARCHIVE_SUFFIXES = ("", ".tar.gz", ".tgz", ".tar", ".zip")
+
+
+class BadImage(ValueError):
+    """An input file that cannot become an image; the message is the reason reported for it."""
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("ALEXNET_DATA", "~/.cache/alexnet")).expanduser()
+
+
+def resolve_source(source: str | os.PathLike) -> Path:
+    """A path as given, or a bare name looked up under $ALEXNET_DATA with the usual archive suffixes."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    root = data_root()
+    tried = [path]
+    if len(path.parts) == 1:
+        for suffix in _ARCHIVE_SUFFIXES:
+            candidate = root / f"{source}{suffix}"
+            if candidate.exists():
+                return candidate
+            tried.append(candidate)
+    raise FileNotFoundError(
+        f"data set {str(source)!r} not found; looked at: {', '.join(map(str, tried))}. "
+        f"Download it (for example "
+        f"imagenette2-224.tgz from https://github.com/fastai/imagenette) into ALEXNET_DATA={root} "
+        f"(set ALEXNET_DATA to change it) or pass the path of a folder or archive"
+    )
+
+
+def _pil_to_rgb(im: Image.Image) -> np.ndarray:
+    """Any Pillow mode to HWC uint8 RGB; 16-bit greyscale is scaled, not clipped."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        grey = (np.clip(np.asarray(im, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if im.mode == "F":
+        grey = np.clip(np.asarray(im), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    return np.asarray(im.convert("RGB"))
+
+
+def decode_rgb(data: Payload, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """Decode image bytes in any format and mode to a uint8 RGB tensor (3, H, W).
+
+    JPEGs in RGB or greyscale take torchvision's decoder; every other format and mode (CMYK, RGBA, palette,
+    16-bit, a PNG named .JPEG) goes through Pillow. Raises BadImage with the reason for anything else.
+    """
+    if isinstance(data, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(data.transpose(2, 0, 1)))
+    if len(data) == 0:
+        raise BadImage("empty file")
+    try:
+        im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise BadImage("not an image (no known image format)") from None
+    except Image.DecompressionBombError as e:
+        raise BadImage(f"decompression bomb: {e}") from None
+    except Exception as e:
+        raise BadImage(f"unreadable image header: {e}") from None
+    width, height = im.size
+    if width * height > max_pixels:
+        raise BadImage(
+            f"declares {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
+            f"(a decompression-bomb guard; raise --max-pixels to keep it)"
+        )
+    if width == 0 or height == 0:
+        raise BadImage(f"declares an empty {width}x{height} image")
+    if im.format == "JPEG" and im.mode in ("RGB", "L"):
+        try:
+            with quiet_torchvision_io():
+                return decode_jpeg(
+                    torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB
+                )
+        except RuntimeError as e:
+            raise BadImage(f"corrupt JPEG: {str(e).rsplit(', ', 1)[-1]}") from None
+    try:
+        im.load()
+        rgb = _pil_to_rgb(im)
+    except Exception as e:
+        raise BadImage(f"corrupt {im.format} image: {e}") from None
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+
+
+def resize_center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Scale the shorter side to `size` (antialiased bilinear) and crop the central size x size square."""
+    _, h, w = image.shape
+    if h <= w:
+        new_h, new_w = size, int(size * w / h)
+    else:
+        new_h, new_w = int(size * h / w), size
+    if (new_h, new_w) != (h, w):
+        image = F.resize(image, [new_h, new_w], antialias=True)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    return image[:, top : top + size, left : left + size]
+
+
+def _init_worker(max_pixels: int) -> None:
+    torch.set_num_threads(1)
+    Image.MAX_IMAGE_PIXELS = max(max_pixels, DEFAULT_MAX_PIXELS)
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    warnings.filterwarnings("ignore", message="Palette images with Transparency")
+
+
+def _work_path(out: Path, split: str, index: int) -> Path:
+    return out / ".work" / f"{split}-{index:05d}.npz"
+
+
+def _process_shard(task: tuple) -> tuple[str, int, int, list[tuple[str, str]]]:
+    """Decode one shard, write it, then record its statistics; returns (split, index, kept, skipped)."""
+    out, split, index, items, size, encoding, max_pixels, with_stats = task
+    images = np.empty((len(items), 3, size, size), dtype=np.uint8)
+    kept_labels, kept_names, skipped = [], [], []
+    for name, label, payload in items:
+        try:
+            if isinstance(payload, Exception):
+                raise BadImage(f"cannot read: {payload}")
+            images[len(kept_names)] = resize_center_crop(decode_rgb(payload, max_pixels), size).numpy()
+        except BadImage as e:
+            skipped.append((name, str(e)))
+            continue
+        kept_labels.append(label)
+        kept_names.append(name)
+    images = images[: len(kept_names)]
+    write_shard(out, split, index, images, encoding)
+    sum_image = np.zeros((3, size, size), dtype=np.float64)
+    sum_x = np.zeros(3, dtype=np.float64)
+    sum_xx = np.zeros((3, 3), dtype=np.float64)
+    if with_stats:
+        for image in images:
+            x = image.reshape(3, -1).astype(np.float64)
+            sum_image += image
+            sum_x += x.sum(axis=1)
+            sum_xx += x @ x.T
+    record = {
+        "labels": np.asarray(kept_labels, dtype=np.int64),
+        "names": np.asarray(json.dumps(kept_names, ensure_ascii=False)),
+        "skipped": np.asarray(json.dumps(skipped, ensure_ascii=False)),
+        "sum_image": sum_image,
+        "sum_x": sum_x,
+        "sum_xx": sum_xx,
+    }
+    atomic_write(_work_path(out, split, index), lambda f: np.savez(f, **record))
+    return split, index, len(kept_names), skipped
+
+
+def _plan(source: Source, shard_size: int) -> list[tuple[str, int, list[Entry]]]:
+    shards = []
+    for split in source.splits:
+        entries = [e for e in source.entries if e.split == split]
+        for i in range(math.ceil(len(entries) / shard_size)):
+            shards.append((split, i, entries[i * shard_size : (i + 1) * shard_size]))
+    return shards
+
+
+def _stats_split(source: Source) -> str:
+    """Mean image and RGB PCA come from the train split only (Section 4.1), or the first split if none."""
+    return "train" if "train" in source.splits else source.splits[0]
+
+
+def _check_resumable(out: Path, params: dict) -> None:
+    """Refuse to mix a half-finished store made with other settings; record ours for the next run."""
+    params_path = out / ".work" / "params.json"
+    if params_path.is_file():
+        previous = json.loads(params_path.read_text())
+        if previous != params:
+            changed = sorted(k for k in params if previous.get(k) != params[k])
+            raise DataError(
+                f"{out} holds an unfinished prepare made with different settings ({', '.join(changed)}); "
+                f"rerun with the same settings to resume, or delete {out} to start again"
+            )
+        return
+    (out / ".work").mkdir(parents=True, exist_ok=True)
+    write_json(params_path, params)
+
+
+def _clear_temporaries(out: Path) -> None:
+    for tmp in out.rglob(".*.tmp*"):
+        tmp.unlink()
+
+
+def _summary_from_store(out: Path, wall_s: float, prepared: int) -> dict:
+    meta = json.loads((out / "meta.json").read_text())
+    report = json.loads((out / "report.json").read_text())
+    splits = {
+        split: {"images": info["images"], "classes": info["classes"], "shards": len(info["shards"])}
+        for split, info in meta["splits"].items()
+    }
+    return {
+        "store": str(out),
+        "source": meta["source"],
+        "size": meta["size"],
+        "encoding": meta["encoding"],
+        "classes": len(meta["classes"]),
+        "splits": splits,
+        "skipped": report["skipped"],
+        "eigvals": meta["eigvals"],
+        "eigvecs": meta["eigvecs"],
+        "stats_split": meta["stats_split"],
+        "wall_s": round(wall_s, 3),
+        "images_per_s": round(prepared / wall_s, 1) if wall_s > 0 else None,
+        "images_prepared_now": prepared,
+    }
+
+
+def _finish(out: Path, source: Source, plan: Sequence, size: int, encoding: str, classes: list[str]) -> None:
+    """Merge the shard records into labels, files, mean, PCA, report; then meta.json last."""
+    splits_meta: dict[str, dict] = {}
+    skipped = [{"split": None, "file": name, "reason": reason} for name, reason in source.problems]
+    stats_split = _stats_split(source)
+    sum_image = np.zeros((3, size, size), dtype=np.float64)
+    sum_x = np.zeros(3, dtype=np.float64)
+    sum_xx = np.zeros((3, 3), dtype=np.float64)
+    split_order = sorted(source.splits, key=lambda s: SPLIT_ORDER.index(s))
+    for split in split_order:
+        records = [np.load(_work_path(out, s, i)) for s, i, _ in plan if s == split]
+        split_labels = np.concatenate([r["labels"] for r in records])
+        names = [n for r in records for n in json.loads(str(r["names"]))]
+        bad = [(n, why) for r in records for n, why in json.loads(str(r["skipped"]))]
+        skipped += [{"split": split, "file": n, "reason": why} for n, why in bad]
+        if split == stats_split:
+            for r in records:
+                sum_image += r["sum_image"]
+                sum_x += r["sum_x"]
+                sum_xx += r["sum_xx"]
+        listed = Counter(e.label for e in source.entries if e.split == split)
+        kept = Counter(classes[i] for i in split_labels)
+        empty = sorted(c for c in listed if kept[c] == 0)
+        if empty:
+            reasons = "; ".join(f"{n}: {why}" for n, why in bad[:3])
+            raise DataError(
+                f"split {split!r} ends up with no readable image for class(es) {', '.join(empty[:5])}"
+                f" in {source.path} (first reasons: {reasons}); fix or remove those files and run again"
+            )
+        (out / split).mkdir(exist_ok=True)
+        write_npy(out / split / "labels.npy", split_labels)
+        write_json(out / split / "files.json", names)
+        splits_meta[split] = {
+            "images": len(names),
+            "classes": len(kept),
+            "shards": [len(r["labels"]) for r in records],
+        }
+    pixels = splits_meta[stats_split]["images"] * size * size
+    mean_rgb = sum_x / pixels
+    covariance = sum_xx / pixels - np.outer(mean_rgb, mean_rgb)
+    eigvals, eigvecs = np.linalg.eigh(covariance)
+    order = np.argsort(eigvals)[::-1]
+    write_npy(out / "mean.npy", (sum_image / splits_meta[stats_split]["images"]).astype(np.float32))
+    write_json(out / "report.json", {"skipped": skipped})
+    meta = {
+        "version": STORE_VERSION,
+        "size": size,
+        "encoding": encoding,
+        "source": str(source.path),
+        "splits": splits_meta,
+        "classes": classes,
+        "class_names": labels_mod.class_names(classes),
+        "eigvals": eigvals[order].tolist(),
+        "eigvecs": eigvecs[:, order].tolist(),
+        "stats_split": stats_split,
+    }
+    write_json(out / "meta.json", meta)
+
+
+def prepare_store(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    size: int = 256,
+    workers: int | None = None,
+    encoding: str = "raw",
+    max_pixels: int | None = None,
+    progress: bool = True,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+) -> dict:
+    """Decode `source` into a store at `out` (see `alexnet.data.store`); resumes an interrupted run.
+
+    Args:
+        source: a folder or archive path, or a name under $ALEXNET_DATA (``imagenette2-224``).
+        out: the store folder. A complete store with the same settings is left as it is.
+        size: shorter side after scaling, and the side of the centre crop (256 in the paper; 32 keeps
+            CIFAR-10 native).
+        workers: decoding processes (default: every available core).
+        encoding: ``raw`` uint8 shards, or ``jpeg`` (quality 95) for stores too big for raw pixels.
+        max_pixels: images declaring more pixels are skipped (default: Pillow's limit, 89,478,485).
+        progress: show a tqdm bar (only on a terminal).
+        shard_size: images per shard, the unit of parallel work and of resumption.
+
+    Returns:
+        The JSON summary: images and classes per split, skipped files with reasons, eigvals, eigvecs,
+        wall_s and images_per_s.
+    """
+    start = time.perf_counter()
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding {encoding!r} is not one of {ENCODINGS}")
+    if size < 1 or shard_size < 1:
+        raise ValueError(f"size {size} and shard_size {shard_size} must be positive")
+    max_pixels = max_pixels or DEFAULT_MAX_PIXELS
+    workers = workers or len(os.sched_getaffinity(0))
+    source_path = resolve_source(source).resolve()
+    out = Path(out)
+    params = {
+        "source": str(source_path),
+        "size": size,
+        "encoding": encoding,
+        "max_pixels": max_pixels,
+        "shard_size": shard_size,
+        "version": STORE_VERSION,
+    }
+    if (out / "meta.json").is_file():
+        meta = json.loads((out / "meta.json").read_text())
+        if (meta.get("source"), meta.get("size"), meta.get("encoding")) != (str(source_path), size, encoding):
+            raise DataError(
+                f"{out} already holds a store of {meta.get('source')} at size {meta.get('size')} "
+                f"({meta.get('encoding')}); pass another --out or delete it"
+            )
+        return _summary_from_store(out, time.perf_counter() - start, 0)
+
+    src = open_source(source_path)
+    for name, reason in src.problems:
+        print(f"skipped {name}: {reason}", file=sys.stderr)
+    classes = src.classes
+    class_index = labels_mod.class_index(classes)
+    plan = _plan(src, shard_size)
+    _check_resumable(out, params)
+    _clear_temporaries(out)
+    for split in src.splits:
+        (out / split).mkdir(exist_ok=True)
+    todo = [(s, i, entries) for s, i, entries in plan if not _work_path(out, s, i).is_file()]
+    total = len(src.entries)
+    done_before = total - sum(len(entries) for _, _, entries in todo)
+    stats_split = _stats_split(src)
+    shard_of = {(e.split, e.name): (s, i, pos) for s, i, entries in todo for pos, e in enumerate(entries)}
+    pending = {(s, i): len(entries) for s, i, entries in todo}
+    buffers: dict[tuple[str, int], list] = {key: [] for key in pending}
+
+    bar = tqdm(
+        total=total,
+        initial=done_before,
+        unit="img",
+        desc="prepare",
+        dynamic_ncols=True,
+        disable=not progress or not sys.stderr.isatty(),
+    )
+    context = multiprocessing.get_context("fork")
+    with context.Pool(workers, initializer=_init_worker, initargs=(max_pixels,)) as pool:
+        in_flight: deque = deque()
+
+        def collect(block: bool) -> None:
+            while in_flight and (block or in_flight[0].ready()):
+                _, _, kept, bad = in_flight.popleft().get()
+                for name, reason in bad:
+                    bar.write(f"skipped {name}: {reason}", file=sys.stderr)
+                bar.update(kept + len(bad))
+
+        for entry, payload in src.read([e for _, _, entries in todo for e in entries]):
+            split, index, pos = shard_of[(entry.split, entry.name)]
+            key = (split, index)
+            buffers[key].append((pos, entry.name, class_index[entry.label], payload))
+            if len(buffers[key]) == pending[key]:
+                items = [item[1:] for item in sorted(buffers.pop(key), key=lambda item: item[0])]
+                task = (out, key[0], key[1], items, size, encoding, max_pixels, key[0] == stats_split)
+                in_flight.append(pool.apply_async(_process_shard, (task,)))
+                collect(block=len(in_flight) > workers)
+        collect(block=True)
+    bar.close()
+    _finish(out, src, plan, size, encoding, classes)
+    shutil.rmtree(out / ".work")
+    return _summary_from_store(out, time.perf_counter() - start, total - done_before)
+
+
+def format_prepare_summary(summary: dict) -> str:
+    """A short human-readable account of a prepare run."""
+    lines = [
+        f"store {summary['store']}  ({summary['size']}x{summary['size']}, {summary['encoding']}, "
+        f"{summary['classes']} classes) from {summary['source']}"
+    ]
+    for split, info in summary["splits"].items():
+        lines.append(
+            f"  {split:<6} {info['images']:>9,} images  {info['classes']:>5} classes  {info['shards']} shards"
+        )
+    lines.append(
+        f"  RGB PCA over {summary['stats_split']}: eigenvalues "
+        + ", ".join(f"{v:.1f}" for v in summary["eigvals"])
+    )
+    lines.append(f"  skipped {len(summary['skipped'])} file(s)")
+    lines += [f"    {s['file']}: {s['reason']}" for s in summary["skipped"][:20]]
+    if len(summary["skipped"]) > 20:
+        lines.append(f"    ... and {len(summary['skipped']) - 20} more in {summary['store']}/report.json")
+    rate = summary["images_per_s"]
+    lines.append(
+        f"  {summary['images_prepared_now']:,} images prepared in {summary['wall_s']:.1f} s"
+        + (f" ({rate:,.0f} images/s)" if rate else "")
+    )
+    return "\n".join(lines)

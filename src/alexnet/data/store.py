@@ -1,0 +1,277 @@
+"""The prepared store: images decoded once to SxS uint8 (Section 2: shorter side 256, centre crop), on disk.
+
+Layout (``meta.json`` is written last, so its presence means the store is complete)::
+
+    STORE/meta.json                 size, encoding, splits and their shard counts, classes, class_names,
+                                    eigvals (3,), eigvecs (3, 3) columns = eigenvectors, source, version
+    STORE/mean.npy                  float32 (3, S, S) per-pixel mean of the train split, 0..255 scale
+    STORE/report.json               every skipped file with its reason
+    STORE/<split>/shard-NNNNN.npy   raw uint8 (n, 3, S, S), RGB, memory-mapped on read
+    STORE/<split>/shard-NNNNN.jpeg  or: an int64 .npy of n+1 byte offsets followed by n JPEG images
+    STORE/<split>/labels.npy        int64 (N,)
+    STORE/<split>/files.json        source name of each image
+
+Every file is written to a temporary name, fsynced and renamed, so a reader (or a resumed prepare) never
+sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
+
+STORE_VERSION = 1
+ENCODINGS = ("raw", "jpeg")
+JPEG_QUALITY = 95
+SPLIT_ORDER = ("train", "val", "test")
+_SUFFIX = {"raw": ".npy", "jpeg": ".jpeg"}
+_DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+@contextlib.contextmanager
+def quiet_torchvision_io() -> Iterator[None]:
+    """Silence torchvision 0.29's per-call deprecation notice on decode_jpeg/encode_jpeg."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="The image decoding and encoding capabilities of TorchVision"
+        )
+        yield
+
+
+class DataError(RuntimeError):
+    """A problem with the input data or the output folder; the message names the path and the fix."""
+
+
+def shard_path(root: Path, split: str, index: int, encoding: str) -> Path:
+    return Path(root) / split / f"shard-{index:05d}{_SUFFIX[encoding]}"
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Write `path` through a temporary file, fsync, then rename: a crash leaves the old state or the new.
+
+    A full disk (ENOSPC, or EFBIG under a file-size limit) raises DataError naming the file; the temporary
+    file is removed so nothing half-written stays behind.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(e, OSError) and e.errno in _DISK_FULL:
+            raise DataError(
+                f"disk full while writing {path} ({os.strerror(e.errno)}); the partial file was removed. "
+                f"Free space under {path.parent} (or pass another --out) and run again: "
+                "finished shards are kept"
+            ) from e
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode()))
+
+
+class _Sink:
+    """Hides the real file from numpy, whose fast path (tofile) drops the errno of a failed write."""
+
+    def __init__(self, f: IO[bytes]):
+        self.write = f.write
+
+
+def _save_npy(f: IO[bytes], array: np.ndarray) -> None:
+    np.save(_Sink(f), array, allow_pickle=False)
+
+
+def write_npy(path: Path, array: np.ndarray) -> None:
+    atomic_write(path, lambda f: _save_npy(f, array))
+
+
+def encode_jpegs(images: np.ndarray) -> list[bytes]:
+    """Encode uint8 (n, 3, S, S) images as JPEG at quality 95 (the store's compressed variant)."""
+    if len(images) == 0:
+        return []
+    with quiet_torchvision_io():
+        encoded = encode_jpeg(list(torch.from_numpy(np.ascontiguousarray(images))), quality=JPEG_QUALITY)
+    return [bytes(t.numpy().tobytes()) for t in encoded]
+
+
+def write_shard(root: Path, split: str, index: int, images: np.ndarray, encoding: str) -> Path:
+    """Atomically write one shard of uint8 (n, 3, S, S) images; returns its path."""
+    path = shard_path(root, split, index, encoding)
+    if encoding == "raw":
+        write_npy(path, np.ascontiguousarray(images, dtype=np.uint8))
+        return path
+    blobs = encode_jpegs(images)
+    offsets = np.zeros(len(blobs) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(b) for b in blobs])
+
+    def write(f: IO[bytes]) -> None:
+        _save_npy(f, offsets)
+        for b in blobs:
+            f.write(b)
+
+    atomic_write(path, write)
+    return path
+
+
+class _JpegShard:
+    """One JPEG shard: offsets in memory, the bytes memory-mapped, decoded on access."""
+
+    def __init__(self, path: Path):
+        with open(path, "rb") as f:
+            self.offsets = np.load(f, allow_pickle=False)
+            start = f.tell()
+        self.data = np.memmap(path, dtype=np.uint8, mode="r", offset=start) if self.offsets[-1] else None
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, key: slice | np.ndarray) -> np.ndarray:
+        local = np.arange(len(self))[key] if isinstance(key, slice) else key
+        blobs = [torch.from_numpy(np.array(self.data[self.offsets[i] : self.offsets[i + 1]])) for i in local]
+        with quiet_torchvision_io():
+            return torch.stack(decode_jpeg(blobs, mode=ImageReadMode.RGB)).numpy()
+
+
+class ShardedImages:
+    """The images of one split as one array-like over its shards: ``len()`` and numpy-style indexing.
+
+    ``images[i]`` gives (3, S, S); ``images[a:b]`` and ``images[index_array]`` give (k, 3, S, S) uint8.
+    """
+
+    def __init__(self, paths: Sequence[Path], counts: Sequence[int], encoding: str, size: int):
+        self.size = size
+        self.shards = [np.load(p, mmap_mode="r") if encoding == "raw" else _JpegShard(p) for p in paths]
+        for p, s, n in zip(paths, self.shards, counts, strict=True):
+            if len(s) != n:
+                raise DataError(f"shard {p} holds {len(s)} images but meta.json says {n}; prepare again")
+        self.starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self), 3, self.size, self.size)
+
+    def __getitem__(self, key: int | slice | np.ndarray) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return self[np.array([key])][0]
+        index = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key, dtype=np.int64)
+        if index.ndim != 1:
+            raise IndexError(
+                f"store images take an int, a slice or a 1-d index array, not shape {index.shape}"
+            )
+        n = len(self)
+        if index.size and (index.min() < -n or index.max() >= n):
+            raise IndexError(f"index out of range for {n} images")
+        index = np.where(index < 0, index + n, index)
+        out = np.empty((len(index), 3, self.size, self.size), dtype=np.uint8)
+        shard_of = np.searchsorted(self.starts, index, side="right") - 1
+        for s in np.unique(shard_of):
+            where = np.nonzero(shard_of == s)[0]
+            local = index[where] - self.starts[s]
+            if len(local) > 1 and np.all(np.diff(local) == 1):
+                out[where] = self.shards[s][local[0] : local[-1] + 1]
+            else:
+                out[where] = self.shards[s][local]
+        return out
+
+
+class Store:
+    """A complete prepared store, opened read-only. See the module docstring for the layout."""
+
+    def __init__(self, root: Path, meta: dict):
+        self.root = root
+        self.meta = meta
+        self.size: int = meta["size"]
+        self.encoding: str = meta["encoding"]
+        self.splits: list[str] = list(meta["splits"])
+        self.classes: list[str] = meta["classes"]
+        self.class_names: list[str] = meta["class_names"]
+        self.num_classes: int = len(self.classes)
+        self.eigvals = np.asarray(meta["eigvals"], dtype=np.float64)
+        self.eigvecs = np.asarray(meta["eigvecs"], dtype=np.float64)
+        self._mean: np.ndarray | None = None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> Store:
+        root = Path(path)
+        meta_path = root / "meta.json"
+        if not meta_path.is_file():
+            what = "an incomplete store (prepare was interrupted)" if root.is_dir() else "missing"
+            raise FileNotFoundError(
+                f"{meta_path} not found: {root} is {what}; "
+                f"run `alexnet prepare SOURCE --out {root}` to finish it"
+            )
+        meta = json.loads(meta_path.read_text())
+        if meta.get("version") != STORE_VERSION:
+            raise DataError(f"{root} is store version {meta.get('version')}, this code reads {STORE_VERSION}")
+        return cls(root, meta)
+
+    def _check_split(self, split: str) -> None:
+        if split not in self.meta["splits"]:
+            raise KeyError(f"split {split!r} not in store {self.root}; it has {self.splits}")
+
+    @property
+    def train_split(self) -> str:
+        if "train" not in self.splits:
+            raise KeyError(f"store {self.root} has no train split, only {self.splits}")
+        return "train"
+
+    @property
+    def eval_split(self) -> str:
+        for split in ("val", "test"):
+            if split in self.splits:
+                return split
+        raise KeyError(f"store {self.root} has no val or test split, only {self.splits}")
+
+    def labels(self, split: str) -> np.ndarray:
+        self._check_split(split)
+        return np.load(self.root / split / "labels.npy")
+
+    def files(self, split: str) -> list[str]:
+        self._check_split(split)
+        return json.loads((self.root / split / "files.json").read_text())
+
+    def images(self, split: str) -> ShardedImages:
+        self._check_split(split)
+        counts = self.meta["splits"][split]["shards"]
+        paths = [shard_path(self.root, split, i, self.encoding) for i in range(len(counts))]
+        return ShardedImages(paths, counts, self.encoding, self.size)
+
+    def load_split(self, split: str) -> torch.Tensor:
+        """Every image of `split` in memory as a uint8 tensor (N, 3, S, S)."""
+        images = self.images(split)
+        out = np.empty(images.shape, dtype=np.uint8)
+        for s, shard in enumerate(images.shards):
+            start, stop = int(images.starts[s]), int(images.starts[s + 1])
+            if stop > start:
+                out[start:stop] = shard[:]
+        return torch.from_numpy(out)
+
+    @property
+    def mean(self) -> np.ndarray:
+        if self._mean is None:
+            self._mean = np.load(self.root / "mean.npy")
+        return self._mean
