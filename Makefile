@@ -31,6 +31,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(RUN) $(BIN)/python benchmarks/model_step.py
+	$(RUN) $(BIN)/python benchmarks/data_pipeline.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
