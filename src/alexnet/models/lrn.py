@@ -90,28 +90,55 @@ def _window_sum(t: torch.Tensor, half: int) -> torch.Tensor:
     return out
 
 
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    # Powers in half precision lose too much: float16/bfloat16 are computed in float32.
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _lrn_forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, relu: bool) -> torch.Tensor:
+    """The formula in tensor ops; half-precision input is computed in float32 and handed back as given."""
+    a = _wide(x).clamp_min(0) if relu else _wide(x)
+    scale = k + alpha * _window_sum(a * a, size // 2)
+    return (a * scale.pow(-beta)).to(x.dtype)
+
+
+def _lrn_backward(grad: torch.Tensor, x: torch.Tensor, size: int, alpha: float, beta: float, k: float,
+                  relu: bool) -> torch.Tensor:
+    """grad_a_m = g_m s_m^-beta - 2 alpha beta a_m sum_{i in window(m)} g_i a_i s_i^(-beta-1)."""
+    a = _wide(x).clamp_min(0) if relu else _wide(x)
+    g = grad.to(a.dtype)
+    scale = k + alpha * _window_sum(a * a, size // 2)
+    pw = scale.pow(-beta)
+    grad_a = g * pw - (2 * alpha * beta) * a * _window_sum(g * a * pw / scale, size // 2)
+    if relu:
+        grad_a = grad_a * (x > 0)
+    return grad_a.to(x.dtype)
+
+
+@functools.cache
+def _compiled(fn):
+    """On a GPU the formula's dozen elementwise passes are fused into a few kernels by torch.compile."""
+    return torch.compile(fn, dynamic=None)
+
+
+def _math(fn, x: torch.Tensor):
+    use_compiled = x.device.type == "cuda" and os.environ.get("ALEXNET_LRN_COMPILE", "1") != "0"
+    return _compiled(fn) if use_compiled else fn
+
+
 class _TorchLRN(torch.autograd.Function):
-    """Reference implementation in plain tensor ops; the C++ kernel is tested against it."""
+    """Plain tensor ops (compiled on CUDA); the reference the C++ kernel is tested against."""
 
     @staticmethod
     def forward(ctx, x, size, alpha, beta, k, relu):
-        a = x.clamp_min(0) if relu else x
-        scale = k + alpha * _window_sum(a * a, size // 2)
         ctx.save_for_backward(x)
         ctx.params = (size, alpha, beta, k, relu)
-        return a * scale.pow(-beta)
+        return _math(_lrn_forward, x)(x, size, alpha, beta, k, relu)
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        size, alpha, beta, k, relu = ctx.params
-        a = x.clamp_min(0) if relu else x
-        scale = k + alpha * _window_sum(a * a, size // 2)
-        pw = scale.pow(-beta)
-        grad_a = grad * pw - (2 * alpha * beta) * a * _window_sum(grad * a * pw / scale, size // 2)
-        if relu:
-            grad_a = grad_a * (x > 0)
-        return grad_a, None, None, None, None, None
+        return _math(_lrn_backward, x)(grad, x, *ctx.params), None, None, None, None, None
 
 
 class _CppLRN(torch.autograd.Function):
@@ -142,9 +169,6 @@ def local_response_norm(
     """
     _check_args(x, size)
     fn = _CppLRN if _use_cpp(x, backend) else _TorchLRN
-    if fn is _TorchLRN and x.dtype in (torch.float16, torch.bfloat16):
-        # Low precision powers lose too much: compute in float32, hand back the caller's dtype.
-        return fn.apply(x.float(), size, alpha, beta, k, relu).to(x.dtype)
     return fn.apply(x, size, alpha, beta, k, relu)
 
 
