@@ -1,20 +1,35 @@
 #!/usr/bin/env bash
-# Every GPU check in one call (a lent H200 has 15 minutes a session): correctness, then speed.
-# Usage on the GPU machine, from the repository root: bash benchmarks/gpu.sh [OUTDIR]
-# Results (JSON) land in OUTDIR (default: benchmarks/results/gpu); copy them into the repository.
+# Every GPU check in one call (a lent H200 has 15 minutes a session): correctness, speed, a training run.
+# Usage on the GPU machine, from the repository root:
+#   bash benchmarks/gpu.sh OUTDIR [CIFAR_TAR]
+# CIFAR_TAR (default $ALEXNET_DATA/cifar10-jpeg.tar.gz) is prepared there and trained on with the cifar10
+# preset on the GPU. Results: OUTDIR/{gpu.txt,checks.txt,steps.jsonl,prepare.json,train.log,metrics.jsonl}.
 set -uo pipefail
 out="${1:-benchmarks/results/gpu}"
+cifar="${2:-${ALEXNET_DATA:-../shared/data}/cifar10-jpeg.tar.gz}"
 mkdir -p "$out"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-$py -c "import torch; print('torch', torch.__version__)" | tee -a "$out/gpu.txt"
-$py benchmarks/gpu_checks.py 2>&1 | tee "$out/checks.txt"
-for prec in fp32 bf16; do
-  for batch in 128 512; do
-    $py benchmarks/model_step.py --device cuda --precision "$prec" --batch "$batch" --steps 10 --rounds 5 \
-      --warmup 3 --json > "$out/step_${prec}_b${batch}.json" && cat "$out/step_${prec}_b${batch}.json"
-  done
+$py -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" \
+  | tee -a "$out/gpu.txt"
+
+echo "== correctness (LRN paths, the model) and the CUDA tests"
+{ $py benchmarks/gpu_checks.py; $py -m pytest -q -p no:cacheprovider tests/test_loader.py tests/test_augment.py \
+  -k "cuda or CUDA"; } 2>&1 | tee "$out/checks.txt"
+
+echo "== training and inference throughput, ours vs torchvision"
+: > "$out/steps.jsonl"
+for cfg in "fp32 128" "fp32 512" "bf16 512"; do
+  set -- $cfg
+  $py benchmarks/model_step.py --device cuda --precision "$1" --batch "$2" --steps 10 --rounds 5 --warmup 3 \
+    --json | $py -c "import json,sys; print(json.dumps(json.load(sys.stdin)))" | tee -a "$out/steps.jsonl"
 done
-$py benchmarks/model_step.py --device cuda --precision bf16 --batch 512 --channels-last --steps 10 --rounds 5 \
-  --warmup 3 --json > "$out/step_bf16_b512_cl.json" && cat "$out/step_bf16_b512_cl.json"
+
+echo "== prepare CIFAR-10 and train the cifar10 preset on the GPU"
+store=/tmp/alexnet-stores/cifar10
+$py -m alexnet prepare "$cifar" --out "$store" --size 32 --workers "$(nproc)" --json > "$out/prepare.json"
+tail -c 600 "$out/prepare.json"
+$py -m alexnet train --config cifar10 --data "$store" --run-dir /tmp/alexnet-runs/cifar10-gpu --no-progress \
+  --set run.device=cuda 2>&1 | tee "$out/train.log"
+cp /tmp/alexnet-runs/cifar10-gpu/metrics.jsonl "$out/metrics.jsonl" 2>/dev/null

@@ -1,5 +1,7 @@
 """Training-step and inference throughput: the paper's AlexNet vs torchvision's, alternated in one process.
 
+``--models`` adds registered variants (e.g. ``alexnet_nolrn``, the bound for LRN work) to the rounds.
+
 A training step is forward + cross-entropy + backward + SGD update (momentum 0.9, weight decay 5e-4) on a
 batch of random 224x224 images. Both models run interleaved, round after round, so that whatever else the
 machine does affects both alike; the printed ratio (ours / torchvision) is the number that matters.
@@ -53,10 +55,8 @@ def measure(args) -> dict:
     torch.manual_seed(0)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
-    models = {
-        "alexnet (paper)": create_model("alexnet"),
-        "torchvision alexnet": torchvision.models.alexnet(),
-    }
+    models = {name: create_model(name) for name in args.models}
+    models["torchvision"] = torchvision.models.alexnet()
     x = torch.randn(args.batch, 3, 224, 224, device=device)
     y = torch.randint(0, 1000, (args.batch,), device=device)
     results = {}
@@ -79,8 +79,8 @@ def measure(args) -> dict:
                 _sync(device)
                 times[name].append((time.perf_counter() - t0) / args.steps)
         rates = {name: args.batch / statistics.median(t) for name, t in times.items()}
-        ours, theirs = rates["alexnet (paper)"], rates["torchvision alexnet"]
-        results[mode] = {"images_per_s": rates, "ratio": ours / theirs}
+        ratios = {name: rate / rates["torchvision"] for name, rate in rates.items() if name != "torchvision"}
+        results[mode] = {"images_per_s": rates, "ratio": ratios[args.models[0]], "ratios": ratios}
     return results
 
 
@@ -94,6 +94,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds (the median is reported)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--models", nargs="+", default=["alexnet"],
+                   help="registered models to time beside torchvision's (ratios are to torchvision's)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     results = measure(args)
@@ -104,7 +106,8 @@ def main() -> None:
     print(f"setup: {setup}, torch {torch.__version__}")
     for mode, r in results.items():
         rates = ", ".join(f"{name} {rate:.1f} img/s" for name, rate in r["images_per_s"].items())
-        print(f"{mode:9s}: {rates}; ratio ours/torchvision {r['ratio']:.2f}")
+        ratios = ", ".join(f"{name} {ratio:.2f}" for name, ratio in r["ratios"].items())
+        print(f"{mode:9s}: {rates}; ratio to torchvision: {ratios}")
 
 
 if __name__ == "__main__":

@@ -126,6 +126,11 @@ def _math(fn, x: torch.Tensor):
     return _compiled(fn) if use_compiled else fn
 
 
+def _graph_mode(x: torch.Tensor) -> bool:
+    # Experimental: let torch.compile derive and fuse the backward pass (and the pooling) itself.
+    return x.device.type == "cuda" and os.environ.get("ALEXNET_LRN_COMPILE", "1") == "graph"
+
+
 class _TorchLRN(torch.autograd.Function):
     """Plain tensor ops (compiled on CUDA); the reference the C++ kernel is tested against."""
 
@@ -168,6 +173,8 @@ def local_response_norm(
     ``backend``: "auto" (C++ kernel on CPU when it builds, else PyTorch), "cpp" or "torch".
     """
     _check_args(x, size)
+    if backend != "cpp" and _graph_mode(x):
+        return _compiled(_lrn_forward)(x, size, alpha, beta, k, relu)
     fn = _CppLRN if _use_cpp(x, backend) else _TorchLRN
     return fn.apply(x, size, alpha, beta, k, relu)
 
@@ -225,8 +232,14 @@ def lrn_max_pool(
     _check_args(x, size)
     if _use_cpp(x, backend):
         return _CppLRNPool.apply(x, size, alpha, beta, k, relu, pool_kernel, pool_stride)
+    if _graph_mode(x):
+        return _compiled(_lrn_pool_graph)(x, size, alpha, beta, k, relu, pool_kernel, pool_stride)
     y = local_response_norm(x, size, alpha, beta, k, relu, backend="torch")
     return F.max_pool2d(y, pool_kernel, pool_stride)
+
+
+def _lrn_pool_graph(x, size, alpha, beta, k, relu, pool_kernel, pool_stride):
+    return F.max_pool2d(_lrn_forward(x, size, alpha, beta, k, relu), pool_kernel, pool_stride)
 
 
 class LocalResponseNorm(nn.Module):

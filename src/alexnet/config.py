@@ -1,0 +1,356 @@
+"""Typed run configuration whose defaults are the paper's values (Sections 2, 4 and 5).
+
+A config is five frozen dataclasses read from a TOML preset (`paper`, `demo`, `cifar10`, shipped in
+`alexnet/configs/`) or any TOML file, overridden from the command line with `--set section.key=value`
+and saved, resolved, into the run folder as `config.toml`. Unknown keys and wrongly typed values are
+errors that list what is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomllib
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+def _choice(name: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} = {value!r} is not one of {', '.join(map(repr, allowed))}")
+
+
+def _positive(name: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero) or not math.isfinite(value):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} = {value!r} must be a finite number {bound}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network (a name of `alexnet.models.list_models()`) and its construction overrides (Section 3)."""
+
+    name: str = "alexnet"
+    num_classes: int = 1000
+    input_size: int = 224
+    init: str = "paper"
+    dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        _choice("model.init", self.init, ("paper", "cuda-convnet", "kaiming"))
+        _positive("model.num_classes", self.num_classes)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout = {self.dropout!r} must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The prepared store and the batches drawn from it (Sections 2 and 4.1).
+
+    `store` is a path to a prepared store or a name under `$ALEXNET_CACHE/stores` (default
+    `~/.cache/alexnet/stores`). `batch_is_global` says whether `batch_size` is the whole step's batch
+    (split over torchrun processes; the paper's 128 spans its two GPUs) or each process's own.
+    The augmentation fields map one to one onto `alexnet.data.augment.AugmentConfig`.
+    """
+
+    store: str = "imagenet"
+    batch_size: int = 128
+    batch_is_global: bool = True
+    eval_batch_size: int = 128
+    in_memory: bool = False
+    workers: int = 2
+    crop: int = 224
+    random_crop: bool = True
+    flip: bool = True
+    lighting_std: float = 0.1
+    normalize: str = "mean_image"
+    input_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        _positive("data.batch_size", self.batch_size)
+        _positive("data.eval_batch_size", self.eval_batch_size)
+        _positive("data.workers", self.workers, allow_zero=True)
+        _positive("data.crop", self.crop)
+        _positive("data.lighting_std", self.lighting_std, allow_zero=True)
+        _positive("data.input_scale", self.input_scale)
+        _choice("data.normalize", self.normalize, ("mean_image", "channel", "none"))
+
+    def augment_config(self):  # -> alexnet.data.augment.AugmentConfig
+        """The augmentation part of this config as the augment module's own dataclass."""
+        from alexnet.data.augment import AugmentConfig
+
+        return AugmentConfig(
+            crop=self.crop,
+            random_crop=self.random_crop,
+            flip=self.flip,
+            lighting_std=self.lighting_std,
+            normalize=self.normalize,
+            input_scale=self.input_scale,
+        )
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Section 5: SGD with the paper's update rule ("paper") or torch.optim.SGD ("sgd").
+
+    `label_smoothing` is not the paper's (0 keeps its plain cross-entropy).
+    """
+
+    kind: str = "paper"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        _choice("optim.kind", self.kind, ("paper", "sgd"))
+        _positive("optim.lr", self.lr)
+        _positive("optim.weight_decay", self.weight_decay, allow_zero=True)
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"optim.momentum = {self.momentum!r} must be in [0, 1)")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"optim.label_smoothing = {self.label_smoothing!r} must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Learning-rate schedule. "plateau" is the paper's (Section 5): divide by 1/`factor` when the
+    validation error has not improved for `patience` epochs, at most `max_drops` times. "step" divides
+    at fixed `milestones` (epochs). "linear" decays to zero at the last step (not the paper's; suited
+    to short, budgeted runs). `warmup_epochs` ramps the rate up linearly from zero (not the paper's).
+    """
+
+    kind: str = "plateau"
+    factor: float = 0.1
+    patience: int = 5
+    max_drops: int = 3
+    milestones: tuple[int, ...] = (30, 60, 80)
+    warmup_epochs: float = 0.0
+
+    def __post_init__(self) -> None:
+        _choice("schedule.kind", self.kind, ("plateau", "step", "linear"))
+        if not 0.0 < self.factor < 1.0:
+            raise ValueError(f"schedule.factor = {self.factor!r} must be in (0, 1)")
+        _positive("schedule.patience", self.patience)
+        _positive("schedule.max_drops", self.max_drops, allow_zero=True)
+        _positive("schedule.warmup_epochs", self.warmup_epochs, allow_zero=True)
+        if list(self.milestones) != sorted(set(self.milestones)) or any(m <= 0 for m in self.milestones):
+            raise ValueError(
+                f"schedule.milestones = {list(self.milestones)} must be increasing positive epochs"
+            )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How long, how precisely, where, and how often to checkpoint.
+
+    The paper trains 90 epochs in fp32; budgets of 0 mean "no limit". `model_parallel = 2` places the
+    two towers on two devices as the paper's Figure 2.
+    """
+
+    epochs: int = 90
+    budget_steps: int = 0
+    budget_minutes: float = 0.0
+    seed: int = 0
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    device: str = "auto"
+    threads: int = 0
+    model_parallel: int = 1
+    checkpoint_every_minutes: float = 30.0
+    checkpoint_every_epochs: int = 1
+    checkpoint_every_steps: int = 0
+
+    def __post_init__(self) -> None:
+        _positive("run.epochs", self.epochs)
+        _positive("run.budget_steps", self.budget_steps, allow_zero=True)
+        _positive("run.budget_minutes", self.budget_minutes, allow_zero=True)
+        _positive("run.threads", self.threads, allow_zero=True)
+        _positive("run.checkpoint_every_minutes", self.checkpoint_every_minutes, allow_zero=True)
+        _positive("run.checkpoint_every_epochs", self.checkpoint_every_epochs, allow_zero=True)
+        _positive("run.checkpoint_every_steps", self.checkpoint_every_steps, allow_zero=True)
+        _choice("run.precision", self.precision, ("fp32", "bf16"))
+        if self.model_parallel not in (1, 2):
+            raise ValueError(
+                f"run.model_parallel = {self.model_parallel!r} must be 1 or 2 (the paper's towers)"
+            )
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+SECTIONS: dict[str, type] = {f.name: f.default_factory().__class__ for f in dataclasses.fields(Config)}
+
+
+def _coerce(where: str, value: object, annotation: typing.Any) -> object:
+    """Check a TOML value against a field's annotation; ints are accepted where floats are."""
+    if annotation is bool:
+        ok = isinstance(value, bool)
+    elif annotation is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif annotation is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif annotation is str:
+        ok = isinstance(value, str)
+    elif typing.get_origin(annotation) is tuple:
+        ok = isinstance(value, list | tuple) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        )
+        value = tuple(value) if ok else value
+    else:  # a field type this module does not know how to read is a bug here, not in the user's file
+        raise TypeError(f"{where}: unsupported field type {annotation!r}")
+    if not ok:
+        name = getattr(annotation, "__name__", str(annotation))
+        raise ValueError(f"{where} = {value!r} has the wrong type: expected {name}")
+    return value
+
+
+def _valid_keys(section: str) -> str:
+    return ", ".join(f.name for f in dataclasses.fields(SECTIONS[section]))
+
+
+def config_from_dict(data: dict, source: str = "config") -> Config:
+    """Build a Config from nested dicts ({section: {key: value}}), checking every key and type."""
+    sections = {}
+    for section, values in data.items():
+        if section not in SECTIONS:
+            raise ValueError(f"{source}: unknown section [{section}]; valid sections: {', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: [{section}] must be a table of keys, got {values!r}")
+        types = typing.get_type_hints(SECTIONS[section])
+        kwargs = {}
+        for key, value in values.items():
+            if key not in types:
+                raise ValueError(
+                    f"{source}: unknown key {section}.{key}; valid keys in [{section}]: "
+                    + _valid_keys(section)
+                )
+            kwargs[key] = _coerce(f"{source}: {section}.{key}", value, types[key])
+        sections[section] = SECTIONS[section](**kwargs)
+    return Config(**sections)
+
+
+def config_to_dict(config: Config) -> dict:
+    """The config as nested plain dicts (tuples become lists), for TOML, JSON and checkpoints."""
+    return {
+        section: {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(getattr(config, section)).items()
+        }
+        for section in SECTIONS
+    }
+
+
+def _parse_override(item: str) -> tuple[str, str, object]:
+    if "=" not in item or "." not in item.split("=", 1)[0]:
+        raise ValueError(f"override {item!r} is not section.key=value (for example run.epochs=10)")
+    dotted, raw = item.split("=", 1)
+    section, key = dotted.strip().split(".", 1)
+    if section not in SECTIONS:
+        raise ValueError(
+            f"override {item!r}: unknown section {section!r}; valid sections: {', '.join(SECTIONS)}"
+        )
+    types = typing.get_type_hints(SECTIONS[section])
+    if key not in types:
+        raise ValueError(
+            f"override {item!r}: unknown key {section}.{key}; valid keys: {_valid_keys(section)}"
+        )
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        if types[key] is not str:
+            raise ValueError(f"override {item!r}: {raw!r} is not a valid value for {section}.{key}") from None
+        value = raw.strip()  # bare strings need no quotes on the command line
+    if types[key] is str and not isinstance(value, str):
+        value = raw.strip()  # e.g. --set data.store=123 names a store "123"
+    return section, key, value
+
+
+def resolve_preset(name_or_path: str | os.PathLike) -> Path:
+    """A preset name (`paper`, `demo`, `cifar10`) or a path to a TOML file."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml" and (PRESET_DIR / f"{path.name}.toml").is_file() and not path.exists():
+        return PRESET_DIR / f"{path.name}.toml"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"config {str(name_or_path)!r} is neither a file nor a preset; "
+            f"presets: {', '.join(list_presets())}"
+        )
+    return path
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Read a preset or TOML file (None: the paper's defaults), then apply `section.key=value` overrides."""
+    data: dict = {}
+    source = "defaults"
+    if path is not None:
+        resolved = resolve_preset(path)
+        source = str(resolved)
+        with open(resolved, "rb") as f:
+            try:
+                data = tomllib.load(f)
+            except tomllib.TOMLDecodeError as e:
+                raise ValueError(f"{resolved}: not valid TOML: {e}") from None
+    for item in overrides:
+        section, key, value = _parse_override(item)
+        data.setdefault(section, {})[key] = value
+    return config_from_dict(data, source)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(config: Config) -> str:
+    """The resolved config as TOML that `load_config` reads back to an equal Config."""
+    lines = []
+    for section, values in config_to_dict(config).items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def save_config(config: Config, path: str | os.PathLike) -> None:
+    Path(path).write_text(to_toml(config))
+
+
+def cache_dir() -> Path:
+    """Where prepared stores live: $ALEXNET_CACHE, default ~/.cache/alexnet."""
+    return Path(os.environ.get("ALEXNET_CACHE", Path.home() / ".cache" / "alexnet")).expanduser()
+
+
+def resolve_store(store: str) -> Path:
+    """`data.store` as a folder: an existing path, else a name under cache_dir()/stores."""
+    path = Path(store).expanduser()
+    if path.exists() or os.sep in store:
+        return path
+    return cache_dir() / "stores" / store

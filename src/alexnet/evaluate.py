@@ -1,0 +1,249 @@
+"""Top-1 / top-5 error with the centre crop or the ten crops, ensembles, per-class accuracy, predict.
+
+Section 4.1: at test time the network "extracts five 224x224 patches (the four corner patches and the
+center patch) as well as their horizontal reflections (hence ten patches in all), and averages the
+predictions made by the network's softmax layer on the ten patches". Section 6 averages the softmax
+of several CNNs (the "5 CNNs" and "7 CNNs*" rows); an ensemble here averages the (crop-averaged) softmax
+outputs of every checkpoint given. Under torchrun each process evaluates a disjoint part of the split and
+the counts are summed: every image is counted exactly once.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from alexnet.checkpoint import load_checkpoint
+from alexnet.config import Config, config_from_dict, resolve_store
+from alexnet.distributed import cleanup, init_distributed
+from alexnet.engine import Counts, autocast_context, predict
+
+
+@dataclass
+class Loaded:
+    """A trained model with what it needs at test time: its config, class ids and names, mean image."""
+
+    model: nn.Module
+    config: Config
+    classes: list[str]
+    class_names: list[str]
+    mean: torch.Tensor  # (3, S, S) float32, the training store's mean image
+    path: Path
+
+    def augmenter(self, device: torch.device):
+        from alexnet.data.augment import Augmenter
+
+        # Test time uses only the crops: PCA lighting noise is a training augmentation (Section 4.1).
+        return Augmenter(
+            replace(self.config.data.augment_config(), lighting_std=0.0), self.mean, device=device
+        )
+
+
+def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> Loaded:
+    """Rebuild the network a checkpoint (`latest.pt`, `best.pt`) was trained as and load its weights."""
+    from alexnet.train import build_model
+
+    state = load_checkpoint(path)
+    missing = [k for k in ("model", "config", "classes", "class_names", "mean") if k not in state]
+    if missing:
+        raise ValueError(
+            f"{path} is not a training checkpoint of this package (it lacks {', '.join(missing)})"
+        )
+    config = config_from_dict(state["config"], str(path))
+    model = build_model(config, len(state["classes"]))
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    return Loaded(
+        model, config, list(state["classes"]), list(state["class_names"]), state["mean"].float(), Path(path)
+    )
+
+
+def ensemble_probs(
+    models: list[Loaded],
+    batches,
+    device: torch.device,
+    ten_crop: bool = False,
+    precision: str = "fp32",
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax probabilities averaged over `models` (and over the ten crops when asked) for every image of
+    `batches` (uint8 images, labels); returns (probs (N, C), labels (N,)) of this process's part."""
+    total, labels = None, None
+    autocast = autocast_context(device, precision)
+    for loaded in models:
+        aug = loaded.augmenter(device)
+        views = aug.ten_crop if ten_crop else aug.center
+        outputs = list(
+            predict(loaded.model, batches, views, autocast=autocast, progress=progress, total=len(batches))
+        )
+        probs = torch.cat([p for p, _ in outputs]) if outputs else torch.zeros(0, len(loaded.classes))
+        these = torch.cat([y for _, y in outputs]) if outputs else torch.zeros(0, dtype=torch.int64)
+        total = probs if total is None else total + probs
+        labels = these
+    return total / len(models), labels
+
+
+def _check_compatible(models: list[Loaded], store) -> None:
+    for loaded in models:
+        if loaded.classes != list(store.classes):
+            raise ValueError(
+                f"{loaded.path} was trained on classes {loaded.classes[:3]}... but store {store.root} has "
+                f"{list(store.classes)[:3]}...; evaluate on a store with the same classes"
+            )
+        if loaded.mean.shape[-1] != store.size:
+            raise ValueError(
+                f"{loaded.path} expects {loaded.mean.shape[-1]}px stored images; {store.root} "
+                f"holds {store.size}px"
+            )
+
+
+def evaluate_checkpoints(
+    checkpoints: list[str | os.PathLike],
+    store: str | os.PathLike,
+    split: str | None = None,
+    ten_crop: bool = False,
+    batch_size: int = 128,
+    precision: str = "fp32",
+    device: str = "auto",
+    per_class_csv: str | os.PathLike | None = None,
+    in_memory: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Top-1 and top-5 error of one checkpoint or the ensemble of several on a store's split.
+
+    Returns a dict: checkpoints, split, images, ten_crop, top1_error, top5_error, per_class (list of
+    {class, name, images, top1_accuracy, top5_accuracy}). Exact under torchrun (counts summed).
+    """
+    from alexnet.data.loader import EvalBatches
+    from alexnet.data.store import Store
+
+    info = init_distributed(device)
+    try:
+        st = Store.open(resolve_store(str(store)))
+        split = split or st.eval_split
+        models = [load_model(p, info.device) for p in checkpoints]
+        _check_compatible(models, st)
+        batches = EvalBatches.from_store(
+            st,
+            split,
+            in_memory=in_memory,
+            batch_size=batch_size,
+            rank=info.rank,
+            world_size=info.world_size,
+            device=info.device,
+            workers=2,
+        )
+        probs, labels = ensemble_probs(
+            models, batches, info.device, ten_crop, precision, progress and info.is_main
+        )
+        counts = Counts.zeros(st.num_classes)
+        counts.add(probs, labels)
+        counts = counts.all_reduce()
+    finally:
+        cleanup()
+    per_class = [
+        {
+            "class": c,
+            "name": n,
+            "images": int(t),
+            "top1_accuracy": float(h1) / max(int(t), 1),
+            "top5_accuracy": float(h5) / max(int(t), 1),
+        }
+        for c, n, t, h1, h5 in zip(
+            st.classes, st.class_names, counts.total, counts.top1, counts.top5, strict=True
+        )
+    ]
+    if per_class_csv is not None and info.is_main:
+        with open(per_class_csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(per_class[0]))
+            writer.writeheader()
+            writer.writerows(per_class)
+    return {
+        "checkpoints": [str(p) for p in checkpoints],
+        "split": split,
+        "images": counts.images,
+        "ten_crop": ten_crop,
+        "top1_error": counts.top1_error,
+        "top5_error": counts.top5_error,
+        "per_class": per_class,
+        "is_main": info.is_main,
+    }
+
+
+def load_images(paths: list[str | os.PathLike], size: int) -> torch.Tensor:
+    """Image files in any format and mode -> uint8 (N, 3, size, size): the paper's test-time path,
+    shorter side scaled to `size` (256) and the centre square cropped (Section 2)."""
+    from alexnet.data.prepare import BadImage, decode_rgb, resize_center_crop
+
+    out = []
+    for p in paths:
+        try:
+            data = Path(p).read_bytes()
+            out.append(resize_center_crop(decode_rgb(data), size))
+        except (OSError, BadImage) as e:
+            raise ValueError(f"cannot read image {p}: {e}") from None
+    return torch.stack(out)
+
+
+def predict_files(
+    checkpoints: list[str | os.PathLike],
+    images: list[str | os.PathLike],
+    ten_crop: bool = False,
+    top: int = 5,
+    device: str = "auto",
+) -> list[dict]:
+    """The `top` most probable classes, with names and probabilities, for each image file (Figure 4 left).
+
+    Several checkpoints average their softmax outputs. Returns one dict per image:
+    {"image": path, "predictions": [{"class": id, "name": name, "probability": p}, ...]}.
+    """
+    from alexnet.distributed import resolve_device
+
+    dev = resolve_device(device)
+    models = [load_model(p, dev) for p in checkpoints]
+    first = models[0]
+    for other in models[1:]:
+        if other.classes != first.classes or other.mean.shape != first.mean.shape:
+            raise ValueError(
+                f"{other.path} and {first.path} were trained on different classes or image sizes"
+            )
+    pixels = load_images(images, first.mean.shape[-1]).to(dev)
+    labels = torch.zeros(len(images), dtype=torch.int64)
+    probs, _ = ensemble_probs(models, [(pixels, labels)], dev, ten_crop)
+    k = min(top, probs.shape[1])
+    values, indices = probs.topk(k, dim=1)
+    return [
+        {
+            "image": str(path),
+            "predictions": [
+                {"class": first.classes[i], "name": first.class_names[i], "probability": float(v)}
+                for v, i in zip(vals.tolist(), idx.tolist(), strict=True)
+            ],
+        }
+        for path, vals, idx in zip(images, values, indices, strict=True)
+    ]
+
+
+def format_predictions(results: list[dict]) -> str:
+    lines = []
+    for r in results:
+        lines.append(r["image"])
+        lines.extend(
+            f"  {100 * p['probability']:6.2f}%  {p['name']} ({p['class']})" for p in r["predictions"]
+        )
+    return "\n".join(lines)
+
+
+def format_evaluation(result: dict) -> str:
+    crops = "ten crops" if result["ten_crop"] else "centre crop"
+    n = len(result["checkpoints"])
+    who = result["checkpoints"][0] if n == 1 else f"ensemble of {n} checkpoints"
+    return (
+        f"{who}, {result['split']} ({result['images']} images, {crops}): "
+        f"top-1 error {100 * result['top1_error']:.2f}%, top-5 error {100 * result['top5_error']:.2f}%"
+    )

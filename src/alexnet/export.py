@@ -1,0 +1,72 @@
+"""`alexnet export`: a checkpoint's weights as safetensors, or the network as ONNX.
+
+Safetensors holds the tensors and, as string metadata, the model name, the classes and their names and the
+resolved config (JSON), so the file alone rebuilds the network: `create_model(meta["model"], ...)` then
+`load_state_dict`. ONNX takes one normalised crop (N, 3, crop, crop) and returns logits (N, classes); the
+input normalisation (mean image, input scale) is recorded in the model's metadata properties.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from alexnet.checkpoint import save_weights
+from alexnet.config import config_to_dict
+from alexnet.evaluate import Loaded, load_model
+
+
+def _metadata(loaded: Loaded) -> dict[str, str]:
+    return {
+        "model": loaded.config.model.name,
+        "classes": json.dumps(loaded.classes),
+        "class_names": json.dumps(loaded.class_names),
+        "config": json.dumps(config_to_dict(loaded.config)),
+    }
+
+
+def export_safetensors(loaded: Loaded, out: Path) -> Path:
+    save_weights(loaded.model.state_dict(), out, _metadata(loaded))
+    return out
+
+
+def export_onnx(loaded: Loaded, out: Path, opset: int = 17) -> Path:
+    """Trace the network in eval mode with a dynamic batch dimension (TorchScript-based exporter)."""
+    import onnx
+
+    crop = loaded.config.data.crop
+    example = torch.zeros(1, 3, crop, crop)
+    torch.onnx.export(
+        loaded.model,
+        (example,),
+        str(out),
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=opset,
+        dynamo=False,
+    )
+    model = onnx.load(str(out))
+    for key, value in {
+        **_metadata(loaded),
+        "input": f"(N, 3, {crop}, {crop}) float32: (RGB 0..255 minus the "
+        f"mean image) / {loaded.config.data.input_scale}, normalize={loaded.config.data.normalize}",
+    }.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(out))
+    return out
+
+
+def export(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike | None = None) -> Path:
+    """Write `checkpoint` as `fmt` ("safetensors" or "onnx") to `out` (default: beside it); returns the
+    path."""
+    exporters = {"safetensors": export_safetensors, "onnx": export_onnx}
+    if fmt not in exporters:
+        raise ValueError(f"export format {fmt!r} is not one of {', '.join(exporters)}")
+    path = Path(out) if out is not None else Path(checkpoint).with_suffix(f".{fmt}")
+    loaded = load_model(checkpoint)
+    return exporters[fmt](loaded, path)

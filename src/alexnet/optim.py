@@ -1,0 +1,168 @@
+"""The paper's optimiser and learning-rate schedules (Section 5)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch
+
+
+class PaperSGD(torch.optim.Optimizer):
+    """Section 5's update rule, with the learning rate inside the velocity:
+
+        v <- momentum * v - weight_decay * lr * w - lr * dL/dw
+        w <- w + v
+
+    torch.optim.SGD keeps lr outside the velocity (v <- m v + g + wd w; w <- w - lr v), which agrees with
+    this only while lr is constant: after a drop, the paper's velocity still carries the old rate's steps
+    and decays them by momentum, whereas torch's rescales the whole velocity at once.
+    """
+
+    def __init__(
+        self, params: Iterable, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0005
+    ):
+        if lr <= 0 or not 0 <= momentum < 1 or weight_decay < 0:
+            raise ValueError(
+                f"PaperSGD: lr={lr}, momentum={momentum}, weight_decay={weight_decay} out of range"
+            )
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "velocity" not in state:
+                    state["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                v = state["velocity"]
+                v.mul_(momentum).add_(p, alpha=-wd * lr).add_(p.grad, alpha=-lr)
+                p.add_(v)
+        return loss
+
+
+def build_optimizer(params: Iterable, kind: str, lr: float, momentum: float, weight_decay: float):
+    """ "paper" -> PaperSGD; "sgd" -> torch.optim.SGD with the same hyper-parameters."""
+    if kind == "paper":
+        return PaperSGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"optimizer kind {kind!r} is not 'paper' or 'sgd'")
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+class Schedule:
+    """Base of the schedules: a rate for each optimizer step, updated once per epoch from the
+    validation error; an optional linear warm-up over the first `warmup_steps` steps (not the paper's).
+    """
+
+    def __init__(self, lr: float, warmup_steps: int = 0):
+        self.base_lr = lr
+        self.warmup_steps = warmup_steps
+        self.scale = 1.0
+
+    def lr(self, step: int) -> float:
+        """The rate for optimizer step `step` (0-based, counted over the whole run)."""
+        warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        return self.base_lr * self.scale * warm * self._decay(step)
+
+    def _decay(self, step: int) -> float:
+        return 1.0
+
+    def epoch_end(self, epoch: int, val_error: float) -> None:
+        """Called after epoch `epoch` (0-based) has been trained and evaluated."""
+
+    def state_dict(self) -> dict:
+        return copy.deepcopy({k: v for k, v in vars(self).items() if k != "base_lr"})
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            if key not in vars(self):
+                raise KeyError(
+                    f"{type(self).__name__} has no state {key!r}; was this saved by another schedule?"
+                )
+            setattr(self, key, copy.deepcopy(list(value) if isinstance(value, tuple) else value))
+
+
+class PlateauSchedule(Schedule):
+    """Section 5: "divide the learning rate by 10 when the validation error rate stopped improving with
+    the current learning rate", which the paper did three times. An epoch improves when its error is
+    below the best so far; after `patience` epochs without improvement the rate is multiplied by `factor`
+    and the count restarts. `max_drops` bounds the number of drops.
+    """
+
+    def __init__(
+        self, lr: float, factor: float = 0.1, patience: int = 5, max_drops: int = 3, warmup_steps: int = 0
+    ):
+        super().__init__(lr, warmup_steps)
+        self.factor = factor
+        self.patience = patience
+        self.max_drops = max_drops
+        self.best = float("inf")
+        self.bad_epochs = 0
+        self.drops: list[int] = []
+
+    def epoch_end(self, epoch: int, val_error: float) -> None:
+        if val_error < self.best:
+            self.best = val_error
+            self.bad_epochs = 0
+            return
+        self.bad_epochs += 1
+        if self.bad_epochs >= self.patience and len(self.drops) < self.max_drops:
+            self.scale *= self.factor
+            self.drops.append(epoch)
+            self.bad_epochs = 0
+
+
+class StepSchedule(Schedule):
+    """Multiply the rate by `factor` after each epoch listed in `milestones` (1-based epoch counts:
+    milestone 30 means epochs 31 onwards run at the lower rate)."""
+
+    def __init__(
+        self, lr: float, factor: float = 0.1, milestones: Iterable[int] = (30, 60, 80), warmup_steps: int = 0
+    ):
+        super().__init__(lr, warmup_steps)
+        self.factor = factor
+        self.milestones = sorted(milestones)
+        self.epochs_done = 0
+
+    def epoch_end(self, epoch: int, val_error: float) -> None:
+        self.epochs_done = epoch + 1
+        self.scale = self.factor ** sum(m <= self.epochs_done for m in self.milestones)
+
+
+class LinearSchedule(Schedule):
+    """Linear decay to zero at step `total_steps` (not the paper's): for short, budgeted runs, where a
+    plateau never comes."""
+
+    def __init__(self, lr: float, total_steps: int, warmup_steps: int = 0):
+        super().__init__(lr, warmup_steps)
+        if total_steps <= 0:
+            raise ValueError(f"LinearSchedule needs total_steps > 0, got {total_steps}")
+        self.total_steps = total_steps
+
+    def _decay(self, step: int) -> float:
+        return max(0.0, 1.0 - step / self.total_steps)
+
+
+def build_schedule(cfg, lr: float, steps_per_epoch: int, total_steps: int) -> Schedule:
+    """The schedule a `ScheduleConfig` describes; `total_steps` is the run's last step (for "linear")."""
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    if cfg.kind == "plateau":
+        return PlateauSchedule(lr, cfg.factor, cfg.patience, cfg.max_drops, warmup)
+    if cfg.kind == "step":
+        return StepSchedule(lr, cfg.factor, cfg.milestones, warmup)
+    if cfg.kind == "linear":
+        return LinearSchedule(lr, total_steps, warmup)
+    raise ValueError(f"schedule kind {cfg.kind!r} is not 'plateau', 'step' or 'linear'")

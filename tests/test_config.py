@@ -1,0 +1,76 @@
+"""Typed config: presets, overrides, errors that list the valid keys, TOML round trip."""
+
+import pytest
+
+from alexnet.config import Config, config_from_dict, list_presets, load_config, save_config
+
+
+def test_defaults_are_the_papers():
+    c = Config()
+    assert (c.optim.kind, c.optim.lr, c.optim.momentum, c.optim.weight_decay) == ("paper", 0.01, 0.9, 0.0005)
+    assert (c.data.batch_size, c.data.crop, c.data.lighting_std, c.data.input_scale) == (128, 224, 0.1, 1.0)
+    assert (c.schedule.kind, c.schedule.factor, c.schedule.max_drops) == ("plateau", 0.1, 3)
+    assert (c.run.epochs, c.run.precision, c.model.init, c.model.dropout) == (90, "fp32", "paper", 0.5)
+    assert load_config("paper") == Config(data=c.data, schedule=c.schedule)
+
+
+def test_presets_load():
+    assert {"paper", "demo", "cifar10"} <= set(list_presets())
+    for name in list_presets():
+        load_config(name)
+
+
+def test_overrides_are_typed():
+    c = load_config(
+        "paper",
+        [
+            "run.epochs=3",
+            "optim.lr=1",
+            "data.in_memory=true",
+            "schedule.milestones=[5, 9]",
+            "data.store=/tmp/x y",
+            "run.precision=bf16",
+        ],
+    )
+    assert c.run.epochs == 3 and c.optim.lr == 1.0 and isinstance(c.optim.lr, float)
+    assert c.data.in_memory is True and c.schedule.milestones == (5, 9)
+    assert c.data.store == "/tmp/x y" and c.run.precision == "bf16"
+
+
+def test_unknown_key_lists_the_valid_keys():
+    with pytest.raises(ValueError, match=r"unknown key optim\.lrate.*valid keys.*\blr\b.*momentum"):
+        load_config("paper", ["optim.lrate=0.1"])
+    with pytest.raises(ValueError, match=r"unknown key run\.epoch\b.*epochs"):
+        config_from_dict({"run": {"epoch": 3}}, "my.toml")
+    with pytest.raises(
+        ValueError, match=r"unknown section.*valid sections: model, data, optim, schedule, run"
+    ):
+        config_from_dict({"training": {}})
+
+
+def test_wrong_type_is_an_error_naming_the_key(tmp_path):
+    with pytest.raises(ValueError, match=r"run\.epochs = 'ten' has the wrong type: expected int"):
+        load_config("paper", ["run.epochs='ten'"])
+    with pytest.raises(ValueError, match=r"data\.in_memory = 1 has the wrong type: expected bool"):
+        load_config("paper", ["data.in_memory=1"])
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[optim]\nlr = "fast"\n')
+    with pytest.raises(ValueError, match=r"bad\.toml: optim\.lr = 'fast' has the wrong type: expected float"):
+        load_config(bad)
+
+
+def test_bad_values_are_errors():
+    with pytest.raises(ValueError, match="optim.kind = 'adam' is not one of 'paper', 'sgd'"):
+        load_config(None, ["optim.kind=adam"])
+    with pytest.raises(ValueError, match="run.epochs = 0"):
+        load_config(None, ["run.epochs=0"])
+    with pytest.raises(ValueError, match="not section.key=value"):
+        load_config(None, ["epochs=3"])
+    with pytest.raises(FileNotFoundError, match="neither a file nor a preset; presets: cifar10, demo, paper"):
+        load_config("nonsense")
+
+
+def test_saved_config_reads_back_equal(tmp_path):
+    c = load_config("demo", ['data.store=odd "name"', "schedule.milestones=[3]", "optim.lr=0.125"])
+    save_config(c, tmp_path / "config.toml")
+    assert load_config(tmp_path / "config.toml") == c

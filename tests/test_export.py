@@ -1,0 +1,78 @@
+"""Export: safetensors weights rebuild the network; the ONNX model computes what PyTorch computes."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet.checkpoint import load_weights, save_checkpoint
+from alexnet.config import config_to_dict, load_config
+from alexnet.export import export
+from alexnet.models import create_model
+
+CLASSES = ["n01440764", "n02102040", "n02979186"]
+
+
+def _checkpoint(tmp_path, name: str, input_size: int):
+    config = load_config(
+        None,
+        [
+            f"model.name={name}",
+            "model.num_classes=3",
+            f"model.input_size={input_size}",
+            f"data.crop={input_size}",
+            "data.input_scale=64.0",
+        ],
+    )
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3, input_size=input_size).eval()
+    path = tmp_path / f"{name}.pt"
+    save_checkpoint(
+        {
+            "model": model.state_dict(),
+            "config": config_to_dict(config),
+            "classes": CLASSES,
+            "class_names": ["tench", "English springer", "cassette player"],
+            "mean": torch.full((3, input_size + 4, input_size + 4), 100.0),
+        },
+        path,
+    )
+    return model, path
+
+
+def test_safetensors_rebuilds_the_network(tmp_path):
+    model, path = _checkpoint(tmp_path, "cifar_relu", 32)
+    out = export(path, "safetensors")
+    assert out == tmp_path / "cifar_relu.safetensors"
+    weights, meta = load_weights(out)
+    rebuilt = create_model(meta["model"], num_classes=len(json.loads(meta["classes"])))
+    rebuilt.load_state_dict(weights)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), model(x))
+    assert json.loads(meta["class_names"])[1] == "English springer"
+    assert json.loads(meta["config"])["data"]["input_scale"] == 64.0
+
+
+# The fused C++ LRN kernel is a custom op the ONNX exporter cannot translate; strict: once models/ takes its
+# pure-PyTorch path under torch.onnx.is_in_onnx_export(), this fails and the mark goes.
+CPP_LRN = pytest.mark.xfail(strict=True, reason="the C++ LRN op is not exportable to ONNX")
+
+
+@pytest.mark.parametrize(("name", "size"), [("cifar_relu", 32), pytest.param("alexnet", 224, marks=CPP_LRN)])
+def test_onnx_matches_pytorch_under_onnxruntime(tmp_path, name, size):
+    import onnx
+    import onnxruntime
+
+    model, path = _checkpoint(tmp_path, name, size)
+    out = export(path, "onnx", tmp_path / "model.onnx")
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, size, size)  # a batch size other than the traced one
+    got = session.run(["logits"], {"image": x.numpy()})[0]
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert got.shape == (3, 3)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(props["classes"]) == CLASSES and "/ 64.0" in props["input"]

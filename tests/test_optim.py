@@ -1,0 +1,95 @@
+"""The paper's update rule (Section 5) and the learning-rate schedules."""
+
+import pytest
+import torch
+
+from alexnet.config import ScheduleConfig
+from alexnet.optim import LinearSchedule, PaperSGD, PlateauSchedule, StepSchedule, build_schedule, set_lr
+
+
+def _step(opt, w, grad):
+    w.grad = grad.clone()
+    opt.step()
+
+
+def test_one_step_equals_the_formula_by_hand_across_an_lr_change():
+    w = torch.tensor([1.0, -2.0, 0.5], requires_grad=True)
+    opt = PaperSGD([w], lr=0.1, momentum=0.9, weight_decay=0.0005)
+    g1, g2 = torch.tensor([0.3, -0.1, 2.0]), torch.tensor([-1.0, 0.5, 0.25])
+
+    w0 = w.detach().clone()
+    _step(opt, w, g1)
+    v1 = 0.9 * 0 - 0.0005 * 0.1 * w0 - 0.1 * g1  # v <- m v - wd lr w - lr g
+    w1 = w0 + v1  # w <- w + v
+    assert torch.allclose(w.detach(), w1, atol=0, rtol=1e-6)
+
+    set_lr(opt, 0.01)  # after a drop, the old velocity keeps the old rate's steps (unlike torch's SGD)
+    _step(opt, w, g2)
+    v2 = 0.9 * v1 - 0.0005 * 0.01 * w1 - 0.01 * g2
+    assert torch.allclose(w.detach(), w1 + v2, atol=0, rtol=1e-6)
+    assert torch.allclose(opt.state[w]["velocity"], v2, rtol=1e-6)
+
+
+def test_differs_from_torch_sgd_exactly_where_the_paper_says():
+    """Equal to torch.optim.SGD while lr is constant; different after a change of lr."""
+    torch.manual_seed(0)
+    grads = [torch.randn(5) for _ in range(4)]
+    weights = {}
+    for kind in ("paper", "sgd"):
+        w = torch.ones(5, requires_grad=True)
+        opt = (
+            PaperSGD([w], lr=0.1, momentum=0.9, weight_decay=5e-4)
+            if kind == "paper"
+            else torch.optim.SGD([w], lr=0.1, momentum=0.9, weight_decay=5e-4)
+        )
+        trace = []
+        for i, g in enumerate(grads):
+            if i == 2:
+                set_lr(opt, 0.01)
+            _step(opt, w, g)
+            trace.append(w.detach().clone())
+        weights[kind] = trace
+    for i in range(2):
+        assert torch.allclose(weights["paper"][i], weights["sgd"][i], atol=1e-6)
+    assert not torch.allclose(weights["paper"][2], weights["sgd"][2], atol=1e-4)
+
+
+def test_plateau_drops_at_the_right_epochs_and_never_more_than_three_times():
+    s = PlateauSchedule(0.01, factor=0.1, patience=2, max_drops=3)
+    # error per epoch: improves, then flat for 2 epochs (drop after epoch 3), improves, flat again ...
+    curve = [0.9, 0.8, 0.8, 0.85, 0.7, 0.75, 0.72, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6]
+    lrs = []
+    for epoch, err in enumerate(curve):
+        s.epoch_end(epoch, err)
+        lrs.append(s.lr(10_000))
+    assert s.drops == [3, 6, 9]
+    assert lrs[2] == pytest.approx(0.01) and lrs[3] == pytest.approx(0.001)
+    assert lrs[6] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-5)
+    assert lrs[-1] == pytest.approx(1e-5)  # a fourth plateau changes nothing
+
+
+def test_plateau_state_round_trips():
+    a = PlateauSchedule(0.01, patience=1)
+    for e, err in enumerate([0.5, 0.6, 0.4]):
+        a.epoch_end(e, err)
+    b = PlateauSchedule(0.01, patience=1)
+    b.load_state_dict(a.state_dict())
+    for s in (a, b):
+        s.epoch_end(3, 0.45)
+    assert a.state_dict() == b.state_dict() and a.drops == [1, 3]
+
+
+def test_step_schedule_and_warmup():
+    s = StepSchedule(0.1, factor=0.1, milestones=[2, 4], warmup_steps=4)
+    assert [s.lr(i) for i in range(5)] == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1])
+    for epoch in range(4):
+        s.epoch_end(epoch, 0.5)
+        assert s.lr(100) == pytest.approx(0.1 * 0.1 ** ((epoch + 1 >= 2) + (epoch + 1 >= 4)))
+
+
+def test_linear_schedule_reaches_zero_at_the_last_step():
+    s = build_schedule(
+        ScheduleConfig(kind="linear", warmup_epochs=0.0), 0.02, steps_per_epoch=10, total_steps=40
+    )
+    assert isinstance(s, LinearSchedule)
+    assert s.lr(0) == pytest.approx(0.02) and s.lr(20) == pytest.approx(0.01) and s.lr(40) == 0.0

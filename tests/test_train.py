@@ -1,0 +1,163 @@
+"""fit(): the run folder, exact resume, signals, fine-tuning, on a tiny store and the CIFAR-sized net."""
+
+import json
+import signal
+import subprocess
+from dataclasses import replace
+
+import pytest
+import torch
+
+from alexnet.checkpoint import load_checkpoint
+from alexnet.models import create_model
+from alexnet.train import fit, load_pretrained
+from helpers_train import (
+    alexnet_cmd,
+    env_one_thread,
+    make_store,
+    tiny_config,
+    wait_for_step,
+    write_config,
+)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def reference(store, tmp_path_factory):
+    """An uninterrupted 3-epoch run."""
+    run = tmp_path_factory.mktemp("reference") / "run"
+    summary = fit(tiny_config(store), run, progress=False)
+    return run, summary
+
+
+def test_run_folder_holds_config_metrics_plot_events_and_checkpoints(reference):
+    run, summary = reference
+    assert summary["status"] == "finished" and summary["epoch"] == 3 and summary["step"] == 3 * 16
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2, 3]
+    for key in (
+        "train_loss",
+        "train_error",
+        "val_top1_error",
+        "val_top5_error",
+        "lr",
+        "images_per_s",
+        "wall_time_s",
+    ):
+        assert all(isinstance(m[key], float) for m in lines), key
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"]  # it learns
+    assert lines[0]["lr"] == pytest.approx(0.01) and lines[2]["lr"] == pytest.approx(0.001)  # milestone 2
+    assert all(m["val_images"] == 4 * 8 for m in lines)
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert "[optim]" in (run / "config.toml").read_text()
+    latest = load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert (latest["epoch"], latest["batch"], latest["step"]) == (3, 0, 48)
+    assert latest["class_names"][0] == "tench" and len(latest["rng"]) == 1
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["best"] == min(m["val_top1_error"] for m in lines) and "optimizer" not in best
+
+
+def test_a_second_run_in_the_same_folder_needs_resume(reference, store):
+    run, _ = reference
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        fit(tiny_config(store), run, progress=False)
+
+
+def test_budget_stop_then_resume_equals_the_uninterrupted_run(reference, store, tmp_path):
+    """Stopped mid-epoch by a step budget, then resumed: same weights and losses, bit for bit."""
+    run = tmp_path / "run"
+    first = fit(tiny_config(store, "run.budget_steps=21"), run, progress=False)
+    assert first["status"] == "budget" and first["step"] == 21 and first["last"]["partial"]
+    state = load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert (state["epoch"], state["batch"]) == (1, 5)
+    second = fit(tiny_config(store), run, resume=True, progress=False)
+    assert second["status"] == "finished" and second["step"] == 48
+    ref = load_checkpoint(reference[0] / "checkpoints" / "latest.pt")
+    got = load_checkpoint(run / "checkpoints" / "latest.pt")
+    for k, v in ref["model"].items():
+        assert torch.equal(v, got["model"][k]), k
+    losses = [[m["train_loss"] for m in s["metrics"]] for s in (ref, got)]
+    assert losses[0] == losses[1]
+
+
+def test_sigterm_saves_a_loadable_checkpoint_and_exits_cleanly(store, tmp_path):
+    config = write_config(
+        tiny_config(store, "run.epochs=50", "run.checkpoint_every_steps=1"), tmp_path / "c.toml"
+    )
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        alexnet_cmd("train", "--config", str(config), "--run-dir", str(run), "--no-progress"),
+        env=env_one_thread(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_step(proc, run / "checkpoints" / "latest.pt", 5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "interrupted by signal 15" in err and "Traceback" not in err
+    state = load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert state["step"] >= 5 and state["epoch"] < 50
+
+
+def test_load_pretrained_keeps_everything_but_the_classifier(reference, store):
+    source = load_checkpoint(reference[0] / "checkpoints" / "latest.pt")["model"]
+    model = create_model("cifar_relu", num_classes=3)
+    fresh_head = model.fc4.weight.detach().clone()
+    left = load_pretrained(model, reference[0] / "checkpoints" / "latest.pt")
+    assert left == ["fc4.bias", "fc4.weight"]
+    assert torch.equal(model.conv1[0].weight, source["conv1.0.weight"])
+    assert torch.equal(model.fc4.weight, fresh_head)
+
+
+def test_finetune_on_another_label_set(reference, tmp_path):
+    from alexnet.train import finetune
+
+    other = make_store(tmp_path, n_train=16, n_val=4, classes=("n03394916", "n03417042", "n03425413"))
+    config = tiny_config(other, "run.epochs=1")
+    config = replace(config, model=replace(config.model, num_classes=4))  # finetune sizes it from the store
+    summary = finetune(config, tmp_path / "ft", reference[0] / "checkpoints" / "best.pt", progress=False)
+    state = load_checkpoint(tmp_path / "ft" / "checkpoints" / "latest.pt")
+    assert summary["status"] == "finished" and state["model"]["fc4.weight"].shape[0] == 3
+    assert state["class_names"] == ["French horn", "garbage truck", "gas pump"]
+
+
+def test_model_parallel_run_matches_the_single_device_run_and_checkpoints_its_layout(tmp_path):
+    """`--model-parallel 2` on two CPU "devices": the losses of one device; checkpoints in its layout."""
+    big = make_store(tmp_path, n_train=2, n_val=1, size=228)
+    common = (
+        "model.name=alexnet_nolrn",
+        "model.input_size=224",
+        "data.crop=224",
+        "data.batch_size=4",
+        "model.init=kaiming",
+        "run.epochs=2",
+        "model.dropout=0.0",
+    )  # two half masks vs one mask
+    runs = {}
+    for mp in (1, 2):
+        fit(tiny_config(big, *common, f"run.model_parallel={mp}"), tmp_path / f"mp{mp}", progress=False)
+        runs[mp] = load_checkpoint(tmp_path / f"mp{mp}" / "checkpoints" / "latest.pt")
+    single = create_model("alexnet_nolrn", num_classes=4).state_dict()
+    assert {k: v.shape for k, v in runs[2]["model"].items()} == {k: v.shape for k, v in single.items()}
+    losses = [[m["train_loss"] for m in runs[mp]["metrics"]] for mp in (1, 2)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    for k, v in runs[1]["model"].items():
+        torch.testing.assert_close(runs[2]["model"][k], v, rtol=1e-3, atol=1e-5)
+
+
+def test_demo_without_imagenette_explains_how_to_get_it_and_exits_2(tmp_path):
+    env = {**env_one_thread(), "ALEXNET_DATA": str(tmp_path), "ALEXNET_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run(alexnet_cmd("demo"), env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert (
+        "needs Imagenette" in out.stderr
+        and "imagenette2-224.tgz" in out.stderr
+        and str(tmp_path) in out.stderr
+    )
