@@ -105,13 +105,7 @@ def _grads(module):
     return {k: p.grad for k, p in module.named_parameters()}
 
 
-# The paper's GPUs each normalise their own 48 (conv1) / 128 (conv2) maps; models/ currently runs one LRN
-# window across all 96 / 256, so channels 46-49 and 126-129 see the other tower's maps. strict: this turns
-# into a failure, to drop the mark, once the model normalises per tower.
-LRN_ACROSS_TOWERS = pytest.mark.xfail(strict=True, reason="the model's LRN window crosses the tower boundary")
-
-
-@pytest.mark.parametrize("name", ["alexnet_nolrn", pytest.param("alexnet", marks=LRN_ACROSS_TOWERS)])
+@pytest.mark.parametrize("name", ["alexnet_nolrn", "alexnet"])
 def test_two_towers_on_two_devices_equal_the_single_device_network(name):
     """Section 3.2 / Figure 2: the same outputs and gradients, each device holding half of every layer."""
     import copy

@@ -55,12 +55,7 @@ def test_safetensors_rebuilds_the_network(tmp_path):
     assert json.loads(meta["config"])["data"]["input_scale"] == 64.0
 
 
-# The fused C++ LRN kernel is a custom op the ONNX exporter cannot translate; strict: once models/ takes its
-# pure-PyTorch path under torch.onnx.is_in_onnx_export(), this fails and the mark goes.
-CPP_LRN = pytest.mark.xfail(strict=True, reason="the C++ LRN op is not exportable to ONNX")
-
-
-@pytest.mark.parametrize(("name", "size"), [("cifar_relu", 32), pytest.param("alexnet", 224, marks=CPP_LRN)])
+@pytest.mark.parametrize(("name", "size"), [("cifar_relu", 32), ("alexnet", 224)])
 def test_onnx_matches_pytorch_under_onnxruntime(tmp_path, name, size):
     import onnx
     import onnxruntime

@@ -158,3 +158,19 @@ def test_env_forces_pure_pytorch_fallback():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     x = torch.arange(20.0, dtype=torch.float64).reshape(1, 5, 2, 2) * 9
     assert float(out.stdout) == pytest.approx(float(formula(x).sum()), rel=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_groups_normalise_each_tower_on_its_own(backend):
+    x = activations(2, 12, 7, 7, seed=7).requires_grad_()
+    towers = [formula(x[:, :6]), formula(x[:, 6:])]
+    torch.testing.assert_close(local_response_norm(x, groups=2, backend=backend), torch.cat(towers, 1))
+    pooled = lrn_max_pool(x, relu=False, groups=2, backend=backend)
+    torch.testing.assert_close(pooled, F.max_pool2d(torch.cat(towers, 1), 3, 2))
+    # Changing tower 2's maps leaves tower 1's output alone, at the boundary channel too.
+    x2 = x.detach().clone()
+    x2[:, 6:] *= 3
+    assert torch.equal(local_response_norm(x2, groups=2, backend=backend)[:, :6],
+                       local_response_norm(x.detach(), groups=2, backend=backend)[:, :6])
+    with pytest.raises(ValueError, match="divide"):
+        local_response_norm(x, groups=5)

@@ -75,6 +75,17 @@ def test_towers_see_only_their_own_inputs(paper, layer, in_channels):
     assert not torch.allclose(y[:, half:], y2[:, half:])
 
 
+def test_lrn_stays_within_a_tower(paper):
+    paper.eval()
+    x = torch.randn(1, 96, 55, 55)
+    x2 = x.clone()
+    x2[:, 48:] += 5.0  # tower 2's conv1 maps
+    with torch.no_grad():
+        y, y2 = paper.conv1_post(x), paper.conv1_post(x2)
+    assert torch.equal(y[:, :48], y2[:, :48]) and not torch.equal(y[:, 48:], y2[:, 48:])
+    assert create_model("alexnet_notowers").config.towers == 1
+
+
 def test_conv3_sees_both_towers(paper):
     x = torch.randn(1, 256, 13, 13)
     x2 = x.clone()

@@ -10,12 +10,10 @@ Weights to share travel as safetensors, which hold tensors and string metadata o
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import random
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,33 +21,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
+from alexnet.fsutil import atomic_write
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read: missing, truncated, corrupt or carrying code."""
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Call `write(f)` on a temporary file beside `path`, then make it `path` in one rename.
-
-    On any error (a full disk raises OSError ENOSPC, a file-size limit EFBIG) the temporary file is
-    removed and the exception propagates; whatever was at `path` before is untouched.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:

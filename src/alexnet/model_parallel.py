@@ -19,6 +19,8 @@ import copy
 import torch
 from torch import nn
 
+from alexnet.models.lrn import LocalResponseNorm, LRNMaxPool
+
 
 def tower_devices(device: torch.device) -> tuple[torch.device, torch.device]:
     """The two devices of the towers: GPUs 2k and 2k+1 for a process given GPU k; the CPU twice otherwise."""
@@ -69,7 +71,11 @@ class Tower(nn.Module):
         for i, name in enumerate(self.blocks):
             conv = getattr(model, name)
             setattr(self, name, _half_conv(conv, t, cross=i == 0))
-            setattr(self, f"{name}_post", copy.deepcopy(getattr(model, f"{name}_post")))
+            post = copy.deepcopy(getattr(model, f"{name}_post"))
+            for layer in post.modules():
+                if isinstance(layer, LocalResponseNorm | LRNMaxPool):
+                    layer.groups = 1  # this device holds one tower's maps: normalise them all
+            setattr(self, f"{name}_post", post)
         for name in ("fc6", "fc7", "fc8"):
             setattr(self, name, _half_linear(getattr(model, name), t))
         self.act6, self.act7 = copy.deepcopy(model.act6), copy.deepcopy(model.act7)

@@ -31,7 +31,6 @@ import torch
 from torch import nn
 
 from alexnet.checkpoint import (
-    atomic_write,
     load_checkpoint,
     load_weights,
     rng_state,
@@ -48,6 +47,7 @@ from alexnet.distributed import (
     init_distributed,
 )
 from alexnet.engine import EpochStats, autocast_context, evaluate, train_one_epoch
+from alexnet.fsutil import atomic_write
 from alexnet.optim import build_optimizer, build_schedule
 
 

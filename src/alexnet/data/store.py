@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
+from alexnet import fsutil
+
 STORE_VERSION = 1
 ENCODINGS = ("raw", "jpeg")
 JPEG_QUALITY = 95
@@ -57,34 +59,18 @@ def shard_path(root: Path, split: str, index: int, encoding: str) -> Path:
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Write `path` through a temporary file, fsync, then rename: a crash leaves the old state or the new.
-
-    A full disk (ENOSPC, or EFBIG under a file-size limit) raises DataError naming the file; the temporary
-    file is removed so nothing half-written stays behind.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    """:func:`alexnet.fsutil.atomic_write`, with a full disk (ENOSPC, or EFBIG under a file-size limit)
+    reported as a DataError naming the file; nothing half-written stays behind."""
     try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(e, OSError) and e.errno in _DISK_FULL:
+        fsutil.atomic_write(path, write)
+    except OSError as e:
+        if e.errno in _DISK_FULL:
             raise DataError(
                 f"disk full while writing {path} ({os.strerror(e.errno)}); the partial file was removed. "
-                f"Free space under {path.parent} (or pass another --out) and run again: "
+                f"Free space under {Path(path).parent} (or pass another --out) and run again: "
                 "finished shards are kept"
             ) from e
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def write_json(path: Path, obj: Any) -> None:

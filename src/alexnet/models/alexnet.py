@@ -13,6 +13,10 @@ Choices the paper leaves open, and what we do:
   cuda-convnet's output-size arithmetic. We pad conv1 by 2 at 224 (55x55, the default) and by 0 at 227.
 * Test-time dropout. The paper multiplies the outputs by 0.5 at test time; PyTorch's inverted dropout
   scales by 2 at training time instead. The two are equivalent in expectation.
+* Response normalisation within a tower. Section 3.3 sums over "adjacent kernel maps"; on the paper's
+  two GPUs each GPU normalised its own 48 (conv1) or 128 (conv2) maps (cuda-convnet's per-GPU rnorm
+  layers), so the window never reaches across the tower boundary. We do the same (``towers=2``); the
+  single-tower variants normalise across all maps.
 * Initialisation. ``init="paper"`` is Section 5 exactly: N(0, 0.01) weights, biases 1 in conv2, conv4,
   conv5, fc6, fc7 (and the extra conv6), 0 elsewhere. ``"cuda-convnet"`` is the 2012 code's std 0.03 for
   conv3-conv5 (and conv6). ``"kaiming"`` (He et al. 2015, fan-in, zero biases) is not the paper's; it is the
@@ -71,6 +75,7 @@ class AlexNetConfig:
     convs: tuple[ConvSpec, ...] = field(default_factory=paper_convs)
     fc_width: int = 4096
     activation: str = "relu"
+    towers: int = 2  # the kernel maps of every layer are split into this many towers ("GPUs")
     lrn: bool = True  # False removes both LRN layers (the "no LRN" ablation)
     lrn_size: int = 5
     lrn_alpha: float = 1e-4
@@ -89,6 +94,8 @@ class AlexNetConfig:
             raise ValueError(f"init {self.init!r}: expected one of {INITS}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout {self.dropout}: expected a probability in [0, 1)")
+        if self.towers not in (1, 2):
+            raise ValueError(f"towers {self.towers}: expected 1 or 2")
         if self.num_classes < 1:
             raise ValueError(f"num_classes {self.num_classes}: expected at least 1")
 
@@ -131,10 +138,10 @@ class AlexNet(nn.Module):
             layers: list[nn.Module] = [] if fuse_relu and spec.lrn and cfg.lrn else [act()]
             if spec.lrn and cfg.lrn and spec.pool:
                 layers.append(LRNMaxPool(*lrn, relu=fuse_relu, pool_kernel=cfg.pool_kernel,
-                                         pool_stride=cfg.pool_stride))
+                                         pool_stride=cfg.pool_stride, groups=cfg.towers))
             else:
                 if spec.lrn and cfg.lrn:
-                    layers.append(LocalResponseNorm(*lrn, relu=fuse_relu))
+                    layers.append(LocalResponseNorm(*lrn, relu=fuse_relu, groups=cfg.towers))
                 if spec.pool:
                     layers.append(nn.MaxPool2d(cfg.pool_kernel, cfg.pool_stride))
             setattr(self, f"{spec.name}_post", nn.Sequential(*layers))

@@ -167,12 +167,17 @@ def local_response_norm(
     k: float = 2.0,
     relu: bool = False,
     backend: str = "auto",
+    groups: int = 1,
 ) -> torch.Tensor:
     """The paper's LRN over channels of a (N, C, ...) tensor; ``relu=True`` applies max(x, 0) first.
 
     ``backend``: "auto" (C++ kernel on CPU when it builds, else PyTorch), "cpp" or "torch".
+    ``groups``: the channels form this many towers, each normalised on its own (the window never crosses).
     """
     _check_args(x, size)
+    if groups != 1:
+        y = local_response_norm(_per_group(x, groups), size, alpha, beta, k, relu, backend)
+        return y.reshape(x.shape)
     if backend != "cpp" and _graph_mode(x):
         return _compiled(_lrn_forward)(x, size, alpha, beta, k, relu)
     fn = _CppLRN if _use_cpp(x, backend) else _TorchLRN
@@ -202,12 +207,22 @@ def _use_cpp(x: torch.Tensor, backend: str) -> bool:
     use = (
         backend != "torch"
         and x.device.type == "cpu"
+        and not torch.onnx.is_in_onnx_export()  # the exporter cannot translate the custom op
         and x.dtype in (torch.float32, torch.float64, torch.bfloat16)
         and cpp_kernel_available()
     )
     if backend == "cpp" and not use:
         raise RuntimeError(f"the C++ LRN kernel cannot run on a {x.device.type} {x.dtype} tensor")
     return use
+
+
+def _per_group(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(N, C, ...) -> (N * groups, C / groups, ...): each group's maps become an image of their own."""
+    if groups == 1:
+        return x
+    if x.shape[1] % groups:
+        raise ValueError(f"LRN groups={groups} does not divide the {x.shape[1]} channels")
+    return x.reshape(x.shape[0] * groups, x.shape[1] // groups, *x.shape[2:])
 
 
 def _check_args(x: torch.Tensor, size: int) -> None:
@@ -227,9 +242,16 @@ def lrn_max_pool(
     pool_kernel: int = 3,
     pool_stride: int = 2,
     backend: str = "auto",
+    groups: int = 1,
 ) -> torch.Tensor:
-    """[ReLU ->] LRN -> max pooling (Sections 3.3-3.4), fused on the CPU; equals the three layers in turn."""
+    """[ReLU ->] LRN -> max pooling (Sections 3.3-3.4), fused on the CPU; equals the three layers in turn.
+
+    ``groups`` as in :func:`local_response_norm`.
+    """
     _check_args(x, size)
+    if groups != 1:
+        y = lrn_max_pool(_per_group(x, groups), size, alpha, beta, k, relu, pool_kernel, pool_stride, backend)
+        return y.reshape(x.shape[0], x.shape[1], *y.shape[2:])
     if _use_cpp(x, backend):
         return _CppLRNPool.apply(x, size, alpha, beta, k, relu, pool_kernel, pool_stride)
     if _graph_mode(x):
@@ -251,21 +273,23 @@ class LocalResponseNorm(nn.Module):
         beta: exponent of the denominator.
         k: additive constant of the denominator.
         relu: apply ReLU to the input first (fused; equal to ``nn.ReLU`` followed by this layer).
+        groups: number of towers the channels are split into; each is normalised on its own.
     """
 
     def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
-                 relu: bool = False) -> None:
+                 relu: bool = False, groups: int = 1) -> None:
         super().__init__()
         if size < 1 or size % 2 == 0:
             raise ValueError(f"LRN size {size} must be a positive odd number (the window is centred on i)")
-        self.size, self.alpha, self.beta, self.k, self.relu = size, alpha, beta, k, relu
+        self.size, self.alpha, self.beta, self.k, self.relu, self.groups = size, alpha, beta, k, relu, groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.relu)
+        return local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.relu, groups=self.groups)
 
     def extra_repr(self) -> str:
         relu = ", relu=True" if self.relu else ""
-        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}{relu}"
+        groups = f", groups={self.groups}" if self.groups != 1 else ""
+        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}{relu}{groups}"
 
 
 def torch_reference_lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
@@ -282,17 +306,17 @@ class LRNMaxPool(nn.Module):
     """
 
     def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
-                 relu: bool = True, pool_kernel: int = 3, pool_stride: int = 2) -> None:
+                 relu: bool = True, pool_kernel: int = 3, pool_stride: int = 2, groups: int = 1) -> None:
         super().__init__()
         if size < 1 or size % 2 == 0:
             raise ValueError(f"LRN size {size} must be a positive odd number (the window is centred on i)")
         self.size, self.alpha, self.beta, self.k, self.relu = size, alpha, beta, k, relu
-        self.pool_kernel, self.pool_stride = pool_kernel, pool_stride
+        self.pool_kernel, self.pool_stride, self.groups = pool_kernel, pool_stride, groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return lrn_max_pool(x, self.size, self.alpha, self.beta, self.k, self.relu, self.pool_kernel,
-                            self.pool_stride)
+                            self.pool_stride, groups=self.groups)
 
     def extra_repr(self) -> str:
         return (f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, relu={self.relu}, "
-                f"pool={self.pool_kernel}/{self.pool_stride}")
+                f"pool={self.pool_kernel}/{self.pool_stride}, groups={self.groups}")

@@ -37,11 +37,11 @@ _PAPER_VARIANTS: dict[str, tuple[str, Callable[[int], dict]]] = {
     ),
     "alexnet_onetower": (
         "the one-GPU comparison net: half the kernels in conv1-conv4, conv5 and FC full width, no towers",
-        lambda n: {"convs": _halve_towers(n)},
+        lambda n: {"convs": _halve_towers(n), "towers": 1},
     ),
     "alexnet_notowers": (
         "the paper's widths with every layer seeing every map (no grouping)",
-        lambda n: {"convs": tuple(replace(s, groups=1) for s in paper_convs(n))},
+        lambda n: {"convs": tuple(replace(s, groups=1) for s in paper_convs(n)), "towers": 1},
     ),
     "alexnet_shallow": (
         "conv4 removed, one middle conv layer (Section 7: about +2 top-1)",
