@@ -119,7 +119,7 @@ def test_predict_prints_names_and_probabilities(setup, tmp_path):
     )
     assert {p["name"] for p in result[0]["predictions"]} == set(store.class_names)
     out = subprocess.run(
-        alexnet_cmd("predict", str(paths[0]), "--images", *map(str, images)),
+        alexnet_cmd("predict", str(paths[0]), *map(str, images)),
         capture_output=True,
         text=True,
         timeout=120,

@@ -97,7 +97,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from alexnet.evaluate import format_predictions, predict_files
 
-    results = predict_files(args.checkpoints, args.images, ten_crop=args.ten_crop, top=args.top,
+    checkpoints = [args.checkpoint, *args.ensemble]
+    results = predict_files(checkpoints, args.images, ten_crop=args.ten_crop, top=args.top,
                             device=args.device)
     print(json.dumps(results, indent=2) if args.json else format_predictions(results))
     return 0
@@ -158,8 +159,10 @@ def _add_training_commands(sub) -> None:
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("predict", help="top-5 classes with names and probabilities for image files")
-    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint(s); several are averaged")
-    p.add_argument("--images", nargs="+", required=True, metavar="IMAGE", help="image files, any format")
+    p.add_argument("checkpoint", help="checkpoint (.pt) of a trained network")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, any format")
+    p.add_argument("--ensemble", nargs="+", default=[], metavar="CHECKPOINT",
+                   help="more checkpoints whose softmax is averaged with the first's")
     p.add_argument("--ten-crop", action="store_true", help="average the softmax over the ten crops")
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--device", default="auto")

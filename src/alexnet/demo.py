@@ -112,7 +112,7 @@ run folder   {run}
 curves       {summary["plot"]}
 metrics      {summary["metrics"]}  (TensorBoard: tensorboard --logdir {run / "tensorboard"})
 checkpoint   {summary["latest"]}  (best: {summary["best"]})
-try          alexnet predict {summary["latest"]} --images some_photo.jpg""",
+try          alexnet predict {summary["latest"]} some_photo.jpg""",
         flush=True,
     )
     return 0
