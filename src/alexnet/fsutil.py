@@ -36,3 +36,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
         os.fsync(dir_fd)  # the rename itself survives a power cut
     finally:
         os.close(dir_fd)
+
+
+def remove_temporaries(folder: Path) -> None:
+    """Delete the temporaries that processes killed mid-write left anywhere below ``folder``."""
+    for tmp in Path(folder).rglob(".*.tmp-*"):
+        tmp.unlink(missing_ok=True)

@@ -47,7 +47,7 @@ from alexnet.distributed import (
     init_distributed,
 )
 from alexnet.engine import EpochStats, autocast_context, evaluate, train_one_epoch
-from alexnet.fsutil import atomic_write
+from alexnet.fsutil import atomic_write, remove_temporaries
 from alexnet.optim import build_optimizer, build_schedule
 
 
@@ -295,8 +295,7 @@ def _fit(config: Config, paths: RunPaths, resume: bool, pretrained, progress: bo
             )
     if info.is_main:
         paths.checkpoints.mkdir(parents=True, exist_ok=True)
-        for stale in paths.checkpoints.glob(".*.tmp-*"):  # left by a process killed mid-write
-            stale.unlink()
+        remove_temporaries(paths.root)  # left by a process killed mid-write
         save_config(config, paths.config)
 
     torch.manual_seed(run.seed + info.rank)  # dropout masks differ between data-parallel processes

@@ -46,6 +46,7 @@ from alexnet.data.store import (
     write_npy,
     write_shard,
 )
+from alexnet.fsutil import remove_temporaries
 
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's own decompression-bomb limit
 DEFAULT_SHARD_SIZE = 1024
@@ -228,11 +229,6 @@ def _check_resumable(out: Path, params: dict) -> None:
     write_json(params_path, params)
 
 
-def _clear_temporaries(out: Path) -> None:
-    for tmp in out.rglob(".*.tmp*"):
-        tmp.unlink()
-
-
 def _summary_from_store(out: Path, wall_s: float, prepared: int) -> dict:
     meta = json.loads((out / "meta.json").read_text())
     report = json.loads((out / "report.json").read_text())
@@ -377,7 +373,7 @@ def prepare_store(
     class_index = labels_mod.class_index(classes)
     plan = _plan(src, shard_size)
     _check_resumable(out, params)
-    _clear_temporaries(out)
+    remove_temporaries(out)
     for split in src.splits:
         (out / split).mkdir(exist_ok=True)
     todo = [(s, i, entries) for s, i, entries in plan if not _work_path(out, s, i).is_file()]
