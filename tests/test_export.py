@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet.checkpoint import load_weights, save_checkpoint
+from alexnet.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from alexnet.config import config_to_dict, load_config
 from alexnet.export import export
 from alexnet.models import create_model
@@ -53,6 +53,9 @@ def test_safetensors_rebuilds_the_network(tmp_path):
         assert torch.equal(rebuilt.eval()(x), model(x))
     assert json.loads(meta["class_names"])[1] == "English springer"
     assert json.loads(meta["config"])["data"]["input_scale"] == 64.0
+    mean = np.load(tmp_path / meta["input_mean_file"])  # test-time input needs the store's mean image
+    assert mean.shape == tuple(load_checkpoint(path)["mean"].shape) and mean.dtype == np.float32
+    np.testing.assert_array_equal(mean, load_checkpoint(path)["mean"].numpy())
 
 
 @pytest.mark.parametrize(("name", "size"), [("cifar_relu", 32), ("alexnet", 224)])

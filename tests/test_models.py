@@ -130,8 +130,36 @@ def test_forward_features_are_fc7_after_relu(paper):
     torch.testing.assert_close(paper.fc8(feats), logits)
 
 
-def test_dropout_is_on_fc6_and_fc7_only(paper):
-    assert paper.drop6.p == paper.drop7.p == 0.5
+def test_dropout_is_on_fc6_and_fc7_only():
+    """Section 4.2: in training about half the outputs of fc6 and fc7 (after ReLU) are zeroed and the rest
+    doubled before the next layer; the conv features reach fc6 undropped."""
+    torch.manual_seed(0)
+    model = create_model("alexnet", num_classes=10, init="kaiming")
+    seen = {}
+
+    def keep(name):
+        def hook(module, args, out=None):
+            seen[name] = (args[0] if out is None else out).clone()
+        return hook
+
+    hooks = [model.act6.register_forward_hook(keep("act6")), model.act7.register_forward_hook(keep("act7")),
+             *(getattr(model, n).register_forward_pre_hook(keep(n)) for n in ("fc6", "fc7", "fc8"))]
+    x = torch.randn(4, 3, 224, 224)
+    with torch.no_grad():
+        model.eval()
+        model(x)
+        fc6_eval = seen["fc6"]
+        model.train()
+        model(x)
+    for h in hooks:
+        h.remove()
+    for act, nxt in (("act6", "fc7"), ("act7", "fc8")):
+        live = seen[act] > 0
+        dropped = (seen[nxt] == 0) & live
+        assert 0.4 < dropped.sum() / live.sum() < 0.6, nxt
+        kept = live & ~dropped
+        torch.testing.assert_close(seen[nxt][kept], 2 * seen[act][kept])
+    assert torch.equal(seen["fc6"], fc6_eval)
     assert create_model("alexnet_nodropout").drop6.p == 0.0
 
 

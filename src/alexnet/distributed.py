@@ -49,7 +49,8 @@ def init_distributed(device: str = "auto") -> DistInfo:
         # restarted worker can read the address of a peer that died in the previous attempt.
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         dist.init_process_group(
-            backend="nccl" if dev.type == "cuda" else "gloo",
+            # NCCL carries CUDA tensors only; the small CPU tensors (stop flags, eval counts) go over gloo.
+            backend="cpu:gloo,cuda:nccl" if dev.type == "cuda" else "gloo",
             store=dist.PrefixStore(f"attempt-{attempt}", store),
             rank=rank,
             world_size=world_size,

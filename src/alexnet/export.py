@@ -1,9 +1,11 @@
 """`alexnet export`: a checkpoint's weights as safetensors, or the network as ONNX.
 
 Safetensors holds the tensors and, as string metadata, the model name, the classes and their names and the
-resolved config (JSON), so the file alone rebuilds the network: `create_model(meta["model"], ...)` then
+resolved config (JSON), so the file rebuilds the network: `create_model(meta["model"], ...)` then
 `load_state_dict`. ONNX takes one normalised crop (N, 3, crop, crop) and returns logits (N, classes); the
-input normalisation (mean image, input scale) is recorded in the model's metadata properties.
+input normalisation is described in the model's metadata properties. Either way the training store's mean
+image, which test-time input needs (Section 2), is written beside the file as NAME.mean.npy (float32
+(3, S, S), 0..255; cut it at the crop's window).
 """
 
 from __future__ import annotations
@@ -12,15 +14,18 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from alexnet.checkpoint import save_weights
 from alexnet.config import config_to_dict
 from alexnet.evaluate import Loaded, load_model
+from alexnet.fsutil import atomic_write
 
 
-def _metadata(loaded: Loaded) -> dict[str, str]:
+def _metadata(loaded: Loaded, out: Path) -> dict[str, str]:
     return {
+        "input_mean_file": _mean_path(out).name,
         "model": loaded.config.model.name,
         "classes": json.dumps(loaded.classes),
         "class_names": json.dumps(loaded.class_names),
@@ -29,7 +34,7 @@ def _metadata(loaded: Loaded) -> dict[str, str]:
 
 
 def export_safetensors(loaded: Loaded, out: Path) -> Path:
-    save_weights(loaded.model.state_dict(), out, _metadata(loaded))
+    save_weights(loaded.model.state_dict(), out, _metadata(loaded, out))
     return out
 
 
@@ -51,7 +56,7 @@ def export_onnx(loaded: Loaded, out: Path, opset: int = 17) -> Path:
     )
     model = onnx.load(str(out))
     for key, value in {
-        **_metadata(loaded),
+        **_metadata(loaded, out),
         "input": f"(N, 3, {crop}, {crop}) float32: (RGB 0..255 minus the "
         f"mean image) / {loaded.config.data.input_scale}, normalize={loaded.config.data.normalize}",
     }.items():
@@ -69,4 +74,9 @@ def export(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike | Non
         raise ValueError(f"export format {fmt!r} is not one of {', '.join(exporters)}")
     path = Path(out) if out is not None else Path(checkpoint).with_suffix(f".{fmt}")
     loaded = load_model(checkpoint)
+    atomic_write(_mean_path(path), lambda f: np.save(f, loaded.mean.numpy().astype(np.float32)))
     return exporters[fmt](loaded, path)
+
+
+def _mean_path(out: Path) -> Path:
+    return out.with_suffix(".mean.npy")

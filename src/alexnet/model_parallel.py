@@ -97,6 +97,11 @@ class TowerParallel(nn.Module):
                 f"{type(model).__name__} is not the paper's network (conv1..conv5, fc6..fc8); "
                 "model parallelism splits its towers"
             )
+        if getattr(model.config, "towers", 1) != 2:
+            raise ValueError(
+                f"{type(model).__name__} with towers={model.config.towers} has no towers to place; model "
+                "parallelism needs a two-tower network (alexnet and its two-tower ablations)"
+            )
         self.devices = tuple(torch.device(d) for d in devices)
         self.source_keys = list(model.state_dict())
         self.towers = nn.ModuleList(Tower(model, t).to(d) for t, d in enumerate(self.devices))

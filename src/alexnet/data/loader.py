@@ -146,7 +146,8 @@ class _Streaming:
     ) -> Iterator[Batch]:
         """The batches ``images[idx], labels[idx]`` for each ``idx`` in ``index_lists``, on the device."""
         pin = self.device.type == "cuda"
-        gather = _Gather(images, labels, pin)
+        # Forked worker processes must not touch CUDA (pinning does): there the DataLoader pins instead.
+        gather = _Gather(images, labels, pin and not self.processes)
         if self.processes:
             host: Iterator[Batch] = iter(
                 torch.utils.data.DataLoader(
@@ -154,6 +155,7 @@ class _Streaming:
                     batch_size=None,
                     sampler=index_lists,
                     num_workers=self.workers,
+                    pin_memory=pin,
                     prefetch_factor=max(1, self.prefetch // self.workers) if self.workers else None,
                 )
             )

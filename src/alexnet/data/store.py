@@ -217,12 +217,12 @@ class Store:
 
     def _check_split(self, split: str) -> None:
         if split not in self.meta["splits"]:
-            raise KeyError(f"split {split!r} not in store {self.root}; it has {self.splits}")
+            raise DataError(f"split {split!r} not in store {self.root}; it has {self.splits}")
 
     @property
     def train_split(self) -> str:
         if "train" not in self.splits:
-            raise KeyError(f"store {self.root} has no train split, only {self.splits}")
+            raise DataError(f"store {self.root} has no train split, only {self.splits}")
         return "train"
 
     @property
@@ -230,7 +230,7 @@ class Store:
         for split in ("val", "test"):
             if split in self.splits:
                 return split
-        raise KeyError(f"store {self.root} has no val or test split, only {self.splits}")
+        raise DataError(f"store {self.root} has no val or test split, only {self.splits}")
 
     def labels(self, split: str) -> np.ndarray:
         self._check_split(split)

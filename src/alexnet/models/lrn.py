@@ -222,9 +222,13 @@ def _per_group(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.reshape(x.shape[0] * groups, x.shape[1] // groups, *x.shape[2:])
 
 
-def _check_args(x: torch.Tensor, size: int) -> None:
+def _check_size(size: int) -> None:
     if size < 1 or size % 2 == 0:
         raise ValueError(f"LRN size {size} must be a positive odd number (the window is centred on i)")
+
+
+def _check_args(x: torch.Tensor, size: int) -> None:
+    _check_size(size)
     if x.dim() < 2:
         raise ValueError(f"LRN expects a (N, C, ...) tensor, got shape {tuple(x.shape)}")
 
@@ -271,8 +275,7 @@ class LocalResponseNorm(nn.Module):
     def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
                  relu: bool = False, groups: int = 1) -> None:
         super().__init__()
-        if size < 1 or size % 2 == 0:
-            raise ValueError(f"LRN size {size} must be a positive odd number (the window is centred on i)")
+        _check_size(size)
         self.size, self.alpha, self.beta, self.k, self.relu, self.groups = size, alpha, beta, k, relu, groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -300,8 +303,7 @@ class LRNMaxPool(nn.Module):
     def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
                  relu: bool = True, pool_kernel: int = 3, pool_stride: int = 2, groups: int = 1) -> None:
         super().__init__()
-        if size < 1 or size % 2 == 0:
-            raise ValueError(f"LRN size {size} must be a positive odd number (the window is centred on i)")
+        _check_size(size)
         self.size, self.alpha, self.beta, self.k, self.relu = size, alpha, beta, k, relu
         self.pool_kernel, self.pool_stride, self.groups = pool_kernel, pool_stride, groups
 
