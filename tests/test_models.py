@@ -225,3 +225,23 @@ def test_summary_totals_and_cli(capsys):
     assert out["totals"]["params"] == 59_798_312
     assert cli_main(["summary"]) == 0
     assert "60,965,224" in capsys.readouterr().out
+
+
+def test_conv1_tower_weight_gradient_equals_plain_conv():
+    from alexnet.models.conv import TowerConv2d
+
+    torch.manual_seed(0)
+    assert isinstance(create_model("alexnet").conv1, TowerConv2d)
+    ours = TowerConv2d(3, 8, 5, 2, 1).double()
+    plain = torch.nn.Conv2d(3, 8, 5, 2, 1).double()
+    plain.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 17, 17, dtype=torch.float64)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), plain(xb)
+    g = torch.randn_like(ya)
+    ya.backward(g)
+    yb.backward(g)
+    torch.testing.assert_close(ya, yb)
+    pairs = ((ours.weight.grad, plain.weight.grad), (ours.bias.grad, plain.bias.grad), (xa.grad, xb.grad))
+    for a, b in pairs:
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

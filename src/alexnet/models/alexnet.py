@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from alexnet.models.conv import TowerConv2d
 from alexnet.models.lrn import LocalResponseNorm, LRNMaxPool
 
 INITS = ("paper", "cuda-convnet", "kaiming")
@@ -131,8 +132,11 @@ class AlexNet(nn.Module):
         in_channels = 3
         specs = cfg.convs + ((cfg.extra_conv,) if cfg.extra_conv is not None else ())
         for spec in specs:
-            conv = nn.Conv2d(in_channels, spec.out_channels, spec.kernel, spec.stride, spec.padding,
-                             groups=spec.groups)
+            # conv1's towers both read the image; on the CPU its weight gradient is faster per tower.
+            per_tower = cfg.towers == 2 and in_channels == 3 and spec.groups == 1
+            conv = (TowerConv2d if per_tower else nn.Conv2d)(
+                in_channels, spec.out_channels, spec.kernel, spec.stride, spec.padding, groups=spec.groups
+            )
             setattr(self, spec.name, conv)
             lrn = (cfg.lrn_size, cfg.lrn_alpha, cfg.lrn_beta, cfg.lrn_k)
             layers: list[nn.Module] = [] if fuse_relu and spec.lrn and cfg.lrn else [act()]
