@@ -74,3 +74,21 @@ def test_saved_config_reads_back_equal(tmp_path):
     c = load_config("demo", ['data.store=odd "name"', "schedule.milestones=[3]", "optim.lr=0.125"])
     save_config(c, tmp_path / "config.toml")
     assert load_config(tmp_path / "config.toml") == c
+
+
+def test_save_config_is_atomic(tmp_path, monkeypatch):
+    """A write that fails before it is complete leaves the old config.toml whole and no temporary file."""
+    import alexnet.fsutil
+
+    path = tmp_path / "config.toml"
+    old = load_config("paper")
+    save_config(old, path)
+
+    def fail(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(alexnet.fsutil.os, "fsync", fail)
+    with pytest.raises(OSError, match="No space left"):
+        save_config(load_config("demo"), path)
+    monkeypatch.undo()
+    assert load_config(path) == old and [p.name for p in tmp_path.iterdir()] == ["config.toml"]

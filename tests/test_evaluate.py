@@ -13,20 +13,25 @@ from alexnet.config import config_to_dict
 from alexnet.data.store import Store
 from alexnet.evaluate import evaluate_checkpoints, predict_files
 from alexnet.models import create_model
-from helpers_train import alexnet_cmd, make_store, tiny_config
+from helpers_train import CLASSES, alexnet_cmd, make_store, tiny_config
+
+# More than five classes, so that top-5 is not every image's hit (with k = min(5, classes)).
+SEVEN = (*CLASSES, "n03028079", "n03394916", "n03417042")
+N_VAL = 4  # validation images per class
+IMAGES = len(SEVEN) * N_VAL
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """A tiny store and two checkpoints of differently initialised 4-class nets."""
+    """A tiny store and two checkpoints of differently initialised 7-class nets."""
     tmp = tmp_path_factory.mktemp("eval")
-    store_path = make_store(tmp, n_train=8, n_val=6)
+    store_path = make_store(tmp, n_train=2, n_val=N_VAL, classes=SEVEN)
     store = Store.open(store_path)
-    config = tiny_config(store_path)
+    config = tiny_config(store_path, f"model.num_classes={len(SEVEN)}")
     paths, models = [], []
     for seed in (0, 1):
         torch.manual_seed(seed)
-        model = create_model("cifar_relu", num_classes=4).eval()
+        model = create_model("cifar_relu", num_classes=len(SEVEN)).eval()
         path = tmp / f"model{seed}.pt"
         save_checkpoint(
             {
@@ -58,7 +63,7 @@ def _by_hand(models, store, ten_crop):
 
 
 def _errors(probs, labels):
-    top5 = probs.topk(4, 1).indices[:, :5]
+    top5 = probs.topk(5, 1).indices
     top1 = (probs.argmax(1) != labels).float().mean().item()
     return top1, 1.0 - (top5 == labels[:, None]).any(1).float().mean().item()
 
@@ -73,7 +78,8 @@ def test_errors_equal_a_hand_computation(setup, ten_crop, ensemble):
     )
     labels = torch.from_numpy(store.labels("val"))
     top1, top5 = _errors(_by_hand(models[:k], store, ten_crop), labels)
-    assert result["images"] == 24
+    assert result["images"] == IMAGES
+    assert 0 < top5 < top1  # so the top-5 comparison can fail
     assert result["top1_error"] == pytest.approx(top1) and result["top5_error"] == pytest.approx(top5)
 
 
@@ -95,12 +101,13 @@ def test_per_class_csv(setup, tmp_path):
     out = tmp_path / "per_class.csv"
     result = evaluate_checkpoints(paths[:1], store_path, per_class_csv=out, device="cpu", progress=False)
     rows = list(csv.DictReader(out.open()))
-    assert [r["name"] for r in rows] == store.class_names and sum(int(r["images"]) for r in rows) == 24
+    assert [r["name"] for r in rows] == store.class_names and sum(int(r["images"]) for r in rows) == IMAGES
     pred = _by_hand(models[:1], store, ten_crop=False).argmax(1).numpy()
     labels = store.labels("val")
     for c, row in enumerate(rows):
         assert float(row["top1_accuracy"]) == pytest.approx(np.mean(pred[labels == c] == c))
-    assert 1 - sum(float(r["top1_accuracy"]) * 6 for r in rows) / 24 == pytest.approx(result["top1_error"])
+    total = sum(float(r["top1_accuracy"]) * N_VAL for r in rows)
+    assert 1 - total / IMAGES == pytest.approx(result["top1_error"])
 
 
 def test_predict_prints_names_and_probabilities(setup, tmp_path):
@@ -110,16 +117,17 @@ def test_predict_prints_names_and_probabilities(setup, tmp_path):
         path = tmp_path / f"photo {i}.jpg"
         Image.new("RGB", (60, 45), colour).save(path)  # not square, not the stored size
         images.append(path)
-    result = predict_files(paths[:1], images, device="cpu")
+    assert len(predict_files(paths[:1], images[:1], device="cpu")[0]["predictions"]) == 5  # top 5
+    result = predict_files(paths[:1], images, top=len(SEVEN), device="cpu")
     probs = [p["probability"] for p in result[0]["predictions"]]
     assert (
-        len(probs) == 4
+        len(probs) == len(SEVEN)
         and probs == sorted(probs, reverse=True)
         and sum(probs) == pytest.approx(1.0, abs=1e-5)
     )
     assert {p["name"] for p in result[0]["predictions"]} == set(store.class_names)
     out = subprocess.run(
-        alexnet_cmd("predict", str(paths[0]), *map(str, images)),
+        alexnet_cmd("predict", str(paths[0]), *map(str, images), "--top", str(len(SEVEN))),
         capture_output=True,
         text=True,
         timeout=120,
@@ -128,4 +136,4 @@ def test_predict_prints_names_and_probabilities(setup, tmp_path):
     assert all(
         f"{name} ({cls})" in out.stdout for name, cls in zip(store.class_names, store.classes, strict=True)
     )
-    assert "tench" in out.stdout and out.stdout.count("%") == 2 * 4
+    assert "tench" in out.stdout and out.stdout.count("%") == 2 * len(SEVEN)

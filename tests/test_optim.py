@@ -93,3 +93,29 @@ def test_linear_schedule_reaches_zero_at_the_last_step():
     )
     assert isinstance(s, LinearSchedule)
     assert s.lr(0) == pytest.approx(0.02) and s.lr(20) == pytest.approx(0.01) and s.lr(40) == 0.0
+
+
+def test_resume_keeps_the_new_configs_hyper_parameters_and_restores_only_the_state():
+    """A checkpoint carries what training changed; the resumed run's config sets the hyper-parameters."""
+    linear = LinearSchedule(0.01, 1000, warmup_steps=10)
+    linear.load_state_dict(LinearSchedule(0.01, 100, warmup_steps=0).state_dict())
+    assert (linear.total_steps, linear.warmup_steps) == (1000, 10)
+
+    old = PlateauSchedule(0.01, factor=0.5, patience=1, max_drops=1)
+    for e, err in enumerate([0.5, 0.6]):
+        old.epoch_end(e, err)
+    new = PlateauSchedule(0.01, factor=0.1, patience=3, max_drops=2)
+    new.load_state_dict(old.state_dict())
+    assert (new.factor, new.patience, new.max_drops) == (0.1, 3, 2)
+    assert (new.scale, new.best, new.bad_epochs, new.drops) == (0.5, 0.5, 0, [1])
+
+    step = StepSchedule(0.1, factor=0.1, milestones=[1, 2])
+    step.epoch_end(0, 0.5)
+    moved = StepSchedule(0.1, factor=0.1, milestones=[5])
+    moved.load_state_dict(step.state_dict())
+    assert moved.milestones == [5] and moved.epochs_done == 1 and moved.lr(100) == pytest.approx(0.1)
+
+    with pytest.raises(KeyError, match="another schedule"):
+        StepSchedule(0.1).load_state_dict(old.state_dict())
+    with pytest.raises(KeyError, match="another schedule"):
+        PlateauSchedule(0.1).load_state_dict(linear.state_dict())

@@ -68,21 +68,110 @@ def test_a_second_run_in_the_same_folder_needs_resume(reference, store):
         fit(tiny_config(store), run, progress=False)
 
 
-def test_budget_stop_then_resume_equals_the_uninterrupted_run(reference, store, tmp_path):
-    """Stopped mid-epoch by a step budget, then resumed: same weights and losses, bit for bit."""
+@pytest.mark.parametrize("schedule", ["step", "linear"])
+def test_budget_stop_then_resume_equals_the_uninterrupted_run(reference, store, tmp_path, schedule):
+    """Stopped mid-epoch by a step budget, then resumed: same weights and losses, bit for bit. The budget
+    only stops the run: the linear schedule still decays over all the epochs."""
+    kind = (f"schedule.kind={schedule}",)
+    ref_run = reference[0]
+    if schedule != "step":  # the module's reference run uses the step schedule
+        ref_run = tmp_path / "reference"
+        fit(tiny_config(store, *kind), ref_run, progress=False)
     run = tmp_path / "run"
-    first = fit(tiny_config(store, "run.budget_steps=21"), run, progress=False)
+    first = fit(tiny_config(store, *kind, "run.budget_steps=21"), run, progress=False)
     assert first["status"] == "budget" and first["step"] == 21 and first["last"]["partial"]
     state = load_checkpoint(run / "checkpoints" / "latest.pt")
     assert (state["epoch"], state["batch"]) == (1, 5)
-    second = fit(tiny_config(store), run, resume=True, progress=False)
+    second = fit(tiny_config(store, *kind), run, resume=True, progress=False)
     assert second["status"] == "finished" and second["step"] == 48
-    ref = load_checkpoint(reference[0] / "checkpoints" / "latest.pt")
+    ref = load_checkpoint(ref_run / "checkpoints" / "latest.pt")
     got = load_checkpoint(run / "checkpoints" / "latest.pt")
     for k, v in ref["model"].items():
         assert torch.equal(v, got["model"][k]), k
     losses = [[m["train_loss"] for m in s["metrics"]] for s in (ref, got)]
     assert losses[0] == losses[1]
+
+
+@pytest.mark.parametrize(
+    "key, old, new",
+    [
+        ("data.batch_size", "8", "4"),
+        ("run.seed", "0", "1"),
+        ("data.batch_is_global", "true", "false"),
+        ("data.crop", "32", "28"),
+        ("data.flip", "true", "false"),
+    ],
+)
+def test_resume_refuses_a_config_that_changes_the_batches(store, tmp_path, key, old, new):
+    run = tmp_path / "run"
+    fit(tiny_config(store, "run.budget_steps=2"), run, progress=False)
+    shown = {"true": "True", "false": "False"}
+    with pytest.raises(
+        ValueError,
+        match=rf"{key} = {shown.get(new, new)} \(was {shown.get(old, old)}\); resume with .*config\.toml",
+    ):
+        fit(tiny_config(store, f"{key}={new}"), run, resume=True, progress=False)
+
+
+def test_resume_may_change_epochs_and_budgets(store, tmp_path):
+    run = tmp_path / "run"
+    fit(tiny_config(store, "run.budget_steps=2"), run, progress=False)
+    config = tiny_config(store, "run.epochs=1", "run.budget_minutes=60.0")
+    summary = fit(config, run, resume=True, progress=False)
+    assert summary["status"] == "finished" and summary["step"] == 16
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_stop_signal_catches_the_first_signal_and_lets_a_second_through(signum):
+    from alexnet.train import StopSignal
+
+    seen = []
+
+    def outer(s, frame):
+        seen.append(s)
+
+    before = signal.signal(signum, outer)
+    try:
+        stopper = StopSignal()
+        with stopper.installed():
+            signal.raise_signal(signum)
+            assert stopper.signum == signum and seen == []
+            signal.raise_signal(signum)  # the handler in place before the run's
+            assert seen == [signum]
+        assert signal.getsignal(signum) is outer
+    finally:
+        signal.signal(signum, before)
+
+
+def test_demo_stops_after_an_interrupted_fit(tmp_path, monkeypatch, capsys):
+    """An interrupt before the first epoch ends: no traceback, no ten-crop evaluation, 128 + signal."""
+    import alexnet.data.prepare
+    import alexnet.evaluate
+    import alexnet.train
+    from alexnet.demo import run_demo
+
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "stores" / "imagenette").mkdir(parents=True)
+    (tmp_path / "cache" / "stores" / "imagenette" / "meta.json").write_text("{}")
+    monkeypatch.setattr(alexnet.data.prepare, "resolve_source", lambda name: tmp_path / name)
+    run = tmp_path / "run"
+    summary = {
+        "status": "interrupted",
+        "signal": int(signal.SIGINT),
+        "step": 3,
+        "last": None,
+        "run_dir": str(run),
+        "latest": str(run / "checkpoints" / "latest.pt"),
+    }
+    monkeypatch.setattr(alexnet.train, "fit", lambda config, run_dir: summary)
+
+    def no_eval(*args, **kwargs):
+        raise AssertionError("the ten crops were evaluated after an interrupt")
+
+    monkeypatch.setattr(alexnet.evaluate, "evaluate_checkpoints", no_eval)
+    assert run_demo(str(run)) == 128 + signal.SIGINT
+    err = capsys.readouterr().err
+    assert "interrupted by signal 2" in err and f"alexnet train --resume --run-dir {run}" in err
 
 
 def test_sigterm_saves_a_loadable_checkpoint_and_exits_cleanly(store, tmp_path):

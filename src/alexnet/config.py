@@ -11,12 +11,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import tomllib
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import tomllib
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -340,7 +339,11 @@ def to_toml(config: Config) -> str:
 
 
 def save_config(config: Config, path: str | os.PathLike) -> None:
-    Path(path).write_text(to_toml(config))
+    """Write `config` as TOML atomically: a crash leaves the old file or the new one, never a mixture."""
+    from alexnet.fsutil import atomic_write
+
+    text = to_toml(config)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def cache_dir() -> Path:

@@ -37,7 +37,8 @@ imagenette2-224.tar.gz or unpacked as imagenette2-224/, in the folder ALEXNET_DA
 
 
 def run_demo(run_dir: str | None = None, minutes: float = 15.0) -> int:
-    """The demo; returns the process exit status (2 when Imagenette is missing)."""
+    """The demo; returns the process exit status (2 when Imagenette is missing, 128 + the signal's
+    number when SIGINT or SIGTERM stopped the training)."""
     import sys
 
     from alexnet.config import cache_dir, load_config
@@ -73,6 +74,14 @@ def run_demo(run_dir: str | None = None, minutes: float = 15.0) -> int:
         flush=True,
     )
     summary = fit(config, run)
+    if summary["status"] == "interrupted":  # no ten-crop evaluation: the user asked to stop
+        print(
+            f"interrupted by signal {summary['signal']} at step {summary['step']}; checkpoint saved to "
+            f"{summary['latest']}; run folder {run}; continue training with "
+            f"alexnet train --resume --run-dir {run}",
+            file=sys.stderr,
+        )
+        return 128 + summary["signal"]
     centre = summary["last"]
     print("evaluating the ten crops ...", flush=True)
     ten = evaluate_checkpoints(

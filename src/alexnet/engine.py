@@ -191,7 +191,10 @@ def predict(
     """Softmax probabilities (B, C) in float32 for each (uint8 images, labels) batch.
 
     `views(images)` gives (B, 3, c, c) for one crop or (B, V, 3, c, c) for several (ten-crop); the
-    softmax outputs of the V views are averaged (Section 4.1), one view at a time to bound memory.
+    softmax outputs of the V views are averaged (Section 4.1). All V views of a batch are built at once,
+    so ten-crop holds a float32 (B, 10, 3, c, c) input, 10 x 3 x c x c x 4 bytes an image (6 MB at
+    c = 224, 1.5 GB for B = 256); the network then runs on one view at a time, so its activations are
+    those of a B-image batch.
     """
     model.eval()
     ctx = autocast or contextlib.nullcontext()

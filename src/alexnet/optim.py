@@ -83,15 +83,22 @@ class Schedule:
     def epoch_end(self, epoch: int, val_error: float) -> None:
         """Called after epoch `epoch` (0-based) has been trained and evaluated."""
 
+    # What training changes (and a checkpoint carries). The hyper-parameters (rate, warm-up, length,
+    # factor, patience, ...) are not state: a resumed run takes them from its config.
+    _state_keys: tuple[str, ...] = ("scale",)
+
     def state_dict(self) -> dict:
-        return copy.deepcopy({k: v for k, v in vars(self).items() if k != "base_lr"})
+        return copy.deepcopy({k: getattr(self, k) for k in self._state_keys})
 
     def load_state_dict(self, state: dict) -> None:
-        for key, value in state.items():
-            if key not in vars(self):
-                raise KeyError(
-                    f"{type(self).__name__} has no state {key!r}; was this saved by another schedule?"
-                )
+        unknown = [k for k in state if k not in vars(self)]
+        missing = [k for k in self._state_keys if k not in state]
+        if unknown or missing:
+            problem = f"has no state {unknown}" if unknown else f"lacks state {missing}"
+            raise KeyError(f"{type(self).__name__} {problem}; was this saved by another schedule?")
+        # Hyper-parameters that older checkpoints carried are ignored: the config's values win.
+        for key in self._state_keys:
+            value = state[key]
             setattr(self, key, copy.deepcopy(list(value) if isinstance(value, tuple) else value))
 
 
@@ -112,6 +119,8 @@ class PlateauSchedule(Schedule):
         self.best = float("inf")
         self.bad_epochs = 0
         self.drops: list[int] = []
+
+    _state_keys = ("scale", "best", "bad_epochs", "drops")
 
     def epoch_end(self, epoch: int, val_error: float) -> None:
         if val_error < self.best:
@@ -136,6 +145,12 @@ class StepSchedule(Schedule):
         self.factor = factor
         self.milestones = sorted(milestones)
         self.epochs_done = 0
+
+    _state_keys = ("scale", "epochs_done")
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.scale = self.factor ** sum(m <= self.epochs_done for m in self.milestones)  # this config's
 
     def epoch_end(self, epoch: int, val_error: float) -> None:
         self.epochs_done = epoch + 1

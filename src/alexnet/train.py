@@ -86,13 +86,17 @@ class RunPaths:
 
 class StopSignal:
     """Turns SIGINT and SIGTERM into a flag the training loop checks after every step, so the run saves
-    a checkpoint and returns instead of dying mid-write. A second signal of the same kind is not caught."""
+    a checkpoint and returns instead of dying mid-write. The first signal of a kind puts that kind's previous
+    handler back, so a second one acts as it would without this (a second Ctrl-C raises KeyboardInterrupt)."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self._previous: dict = {}
 
     def _handle(self, signum: int, frame) -> None:
         self.signum = signum
+        previous = self._previous.get(signum)
+        signal.signal(signum, signal.SIG_DFL if previous is None else previous)
 
     @contextmanager
     def installed(self) -> Iterator[StopSignal]:
@@ -102,11 +106,12 @@ class StopSignal:
             yield self
             return
         previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._previous = previous
         try:
             yield self
         finally:
             for s, handler in previous.items():
-                signal.signal(s, handler)
+                signal.signal(s, signal.SIG_DFL if handler is None else handler)
 
 
 def build_model(config: Config, num_classes: int) -> nn.Module:
@@ -288,6 +293,7 @@ def _fit(config: Config, paths: RunPaths, resume: bool, pretrained, progress: bo
                 f"{paths.latest} was trained with run.model_parallel = {saved.run.model_parallel}; resume "
                 "with the same placement (its optimizer state is per tower)"
             )
+        _check_resume_config(saved, config, paths)
         if len(state["rng"]) != info.world_size:
             raise ValueError(
                 f"{paths.latest} was written by {len(state['rng'])} processes; resume with the same number "
@@ -321,9 +327,7 @@ def _fit(config: Config, paths: RunPaths, resume: bool, pretrained, progress: bo
         raw.parameters(), config.optim.kind, config.optim.lr, config.optim.momentum, config.optim.weight_decay
     )
     steps_per_epoch = len(train_batches)
-    total_steps = run.epochs * steps_per_epoch
-    if run.budget_steps:
-        total_steps = min(total_steps, run.budget_steps)
+    total_steps = run.epochs * steps_per_epoch  # the schedule's length; a budget only stops the run
     schedule = build_schedule(config.schedule, config.optim.lr, steps_per_epoch, total_steps)
 
     epoch, start_batch, step, elapsed = 0, 0, 0, 0.0
@@ -479,6 +483,38 @@ def _fit(config: Config, paths: RunPaths, resume: bool, pretrained, progress: bo
         "metrics": str(paths.metrics),
         "plot": str(paths.plot),
     }
+
+
+# What fixes the batches of a run (their order, or the content of each): changing one of these on resume
+# would continue a different run than the checkpoint's. run.epochs and the budgets may change.
+RESUME_FIXED = (
+    "run.seed",
+    "data.batch_size",
+    "data.batch_is_global",
+    "data.crop",
+    "data.random_crop",
+    "data.flip",
+    "data.lighting_std",
+    "data.normalize",
+    "data.input_scale",
+)
+
+
+def _check_resume_config(saved: Config, config: Config, paths: RunPaths) -> None:
+    def get(c: Config, dotted: str):
+        section, key = dotted.split(".")
+        return getattr(getattr(c, section), key)
+
+    changed = [
+        f"{key} = {get(config, key)!r} (was {get(saved, key)!r})"
+        for key in RESUME_FIXED
+        if get(config, key) != get(saved, key)
+    ]
+    if changed:
+        raise ValueError(
+            f"the config changes what {paths.latest} was trained on: {', '.join(changed)}; "
+            f"resume with {paths.config}"
+        )
 
 
 def _place(model: nn.Module, config: Config, info: DistInfo) -> tuple[nn.Module, nn.Module]:
