@@ -69,7 +69,7 @@ def test_raw_store_indexing_matches_numpy(tmp_path):
     assert (store.num_classes, store.train_split, store.splits) == (2, "train", ["train"])
     with pytest.raises(IndexError):
         view[9]
-    with pytest.raises(KeyError, match="no val or test"):
+    with pytest.raises(DataError, match="no val or test"):
         _ = store.eval_split
 
 
