@@ -245,3 +245,13 @@ def test_conv1_tower_weight_gradient_equals_plain_conv():
     pairs = ((ours.weight.grad, plain.weight.grad), (ours.bias.grad, plain.bias.grad), (xa.grad, xb.grad))
     for a, b in pairs:
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_bf16_autocast_training_step_of_the_paper_net():
+    torch.manual_seed(0)
+    model = create_model("alexnet", num_classes=10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = torch.nn.functional.cross_entropy(model(torch.randn(2, 3, 224, 224)), torch.tensor([1, 2]))
+    loss.backward()
+    assert torch.isfinite(loss) and model.conv1.weight.grad.dtype == torch.float32
+    assert torch.isfinite(model.conv1.weight.grad).all() and model.conv1.weight.grad.abs().sum() > 0

@@ -4,7 +4,7 @@ The paper's conv1 is two towers of 48 kernels that both read the whole image. on
 kernel for 96 kernels of 11x11x3 at stride 4 ran at 141 ms per batch of 128 on the 2-core CPU, against 87 ms
 for two calls of 48 kernels each (aten.convolution_backward alone, 2 threads, jemalloc; splitting conv3 the
 same way was slower, 261 vs 215 ms), so on the CPU the backward pass asks for each tower's gradient
-separately. The forward pass and every other device are plain conv2d.
+separately (in fp32; under autocast, and on every other device, it is a plain conv2d).
 """
 
 from __future__ import annotations
@@ -49,7 +49,13 @@ class TowerConv2d(nn.Conv2d):
         self.towers = towers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or self.towers == 1 or not torch.is_grad_enabled() \
-                or isinstance(self.padding, str):
+        plain = (
+            x.device.type != "cpu"
+            or self.towers == 1
+            or not torch.is_grad_enabled()
+            or torch.is_autocast_enabled("cpu")  # the saved tensors would be fp32, the gradient bf16
+            or isinstance(self.padding, str)
+        )
+        if plain:
             return super().forward(x)
         return _TowerWeightGrad.apply(x, self.weight, self.bias, self.stride, self.padding, self.towers)
