@@ -30,7 +30,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
 bench: $(STAMP)
-	$(RUN) $(BIN)/python benchmarks/model_step.py
+	$(RUN) $(BIN)/python benchmarks/model_step.py --models alexnet alexnet_nolrn
+	$(RUN) $(BIN)/python benchmarks/lrn.py
 	$(RUN) $(BIN)/python benchmarks/data_pipeline.py
 
 clean:
