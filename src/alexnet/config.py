@@ -17,6 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from alexnet.data.augment import Normalize
+from alexnet.models.alexnet import INITS
+
 PRESET_DIR = Path(__file__).parent / "configs"
 
 
@@ -42,7 +45,7 @@ class ModelConfig:
     dropout: float = 0.5
 
     def __post_init__(self) -> None:
-        _choice("model.init", self.init, ("paper", "cuda-convnet", "kaiming"))
+        _choice("model.init", self.init, INITS)
         _positive("model.num_classes", self.num_classes)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout = {self.dropout!r} must be in [0, 1)")
@@ -78,7 +81,7 @@ class DataConfig:
         _positive("data.crop", self.crop)
         _positive("data.lighting_std", self.lighting_std, allow_zero=True)
         _positive("data.input_scale", self.input_scale)
-        _choice("data.normalize", self.normalize, ("mean_image", "channel", "none"))
+        _choice("data.normalize", self.normalize, typing.get_args(Normalize))
 
     def augment_config(self):  # -> alexnet.data.augment.AugmentConfig
         """The augmentation part of this config as the augment module's own dataclass."""

@@ -79,24 +79,36 @@ struct Scratch {
   explicit Scratch(int64_t C) : sq(C * kTile), pw(C * kTile), t(C * kTile), acc(kTile) {}
 };
 
+// Rows of a_j^2 for every channel of the tile, where a = x (or max(x, 0) with relu).
+template <typename scalar_t, typename acc_t>
+inline void fill_squares(const scalar_t* x, int64_t C, int64_t HW, int64_t p0, int64_t T, bool relu, acc_t* sq) {
+  for (int64_t c = 0; c < C; ++c) {
+    acc_t* row = sq + c * kTile;
+    const scalar_t* xc = x + c * HW + p0;
+    for (int64_t p = 0; p < T; ++p) {
+      const acc_t a = load<scalar_t, acc_t>(xc + p, relu);
+      row[p] = a * a;
+    }
+  }
+}
+
+// For channel c: s = k + alpha * (window sum of squares) into `scale`, and s^-beta into `pw`.
+template <typename acc_t>
+inline void denominator(const acc_t* sq, int64_t c, int64_t C, int64_t T, const Params<acc_t>& P, acc_t* scale,
+                        acc_t* pw) {
+  window_sum(sq, scale, c, C, P.half, T);
+  for (int64_t p = 0; p < T; ++p) scale[p] = P.k + P.alpha * scale[p];
+  pow_neg_beta(scale, pw, T, P.beta);
+}
+
 // LRN forward of positions [p0, p0 + T) of one image: x and y point at the image (C x HW).
 template <typename scalar_t, typename out_t, typename acc_t>
 void tile_forward(const scalar_t* x, out_t* y, int64_t C, int64_t HW, int64_t p0, int64_t T,
                   const Params<acc_t>& P, Scratch<acc_t>& s) {
-  for (int64_t c = 0; c < C; ++c) {
-    acc_t* row = s.sq.data() + c * kTile;
-    const scalar_t* xc = x + c * HW + p0;
-    for (int64_t p = 0; p < T; ++p) {
-      const acc_t a = load<scalar_t, acc_t>(xc + p, P.relu);
-      row[p] = a * a;
-    }
-  }
-  acc_t* acc = s.acc.data();
+  fill_squares(x, C, HW, p0, T, P.relu, s.sq.data());
   acc_t* pw = s.pw.data();
   for (int64_t c = 0; c < C; ++c) {
-    window_sum(s.sq.data(), acc, c, C, P.half, T);
-    for (int64_t p = 0; p < T; ++p) acc[p] = P.k + P.alpha * acc[p];
-    pow_neg_beta(acc, pw, T, P.beta);
+    denominator(s.sq.data(), c, C, T, P, s.acc.data(), pw);
     const scalar_t* xc = x + c * HW + p0;
     out_t* yc = y + c * HW + p0;
     for (int64_t p = 0; p < T; ++p) yc[p] = static_cast<out_t>(load<scalar_t, acc_t>(xc + p, P.relu) * pw[p]);
@@ -111,19 +123,10 @@ void tile_backward(const grad_t* g, const scalar_t* x, scalar_t* gx, int64_t C, 
                    int64_t T, const Params<acc_t>& P, Scratch<acc_t>& s) {
   const acc_t two_ab = acc_t(2) * P.alpha * P.beta;
   acc_t* acc = s.acc.data();
+  fill_squares(x, C, HW, p0, T, P.relu, s.sq.data());
   for (int64_t c = 0; c < C; ++c) {
-    acc_t* row = s.sq.data() + c * kTile;
-    const scalar_t* xc = x + c * HW + p0;
-    for (int64_t p = 0; p < T; ++p) {
-      const acc_t a = load<scalar_t, acc_t>(xc + p, P.relu);
-      row[p] = a * a;
-    }
-  }
-  for (int64_t c = 0; c < C; ++c) {
-    window_sum(s.sq.data(), acc, c, C, P.half, T);
-    for (int64_t p = 0; p < T; ++p) acc[p] = P.k + P.alpha * acc[p];
     acc_t* pwc = s.pw.data() + c * kTile;
-    pow_neg_beta(acc, pwc, T, P.beta);
+    denominator(s.sq.data(), c, C, T, P, acc, pwc);
     acc_t* tc = s.t.data() + c * kTile;
     const scalar_t* xc = x + c * HW + p0;
     const grad_t* gc = g + c * HW + p0;

@@ -23,6 +23,7 @@ result (the paper uses 1.0, raw 0..255 minus the mean); ``lighting_std=0`` turns
 from __future__ import annotations
 
 import contextlib
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -78,7 +79,7 @@ class AugmentConfig:
             raise ValueError(f"crop {self.crop} must be a positive number of pixels")
         if self.lighting_std < 0:
             raise ValueError(f"lighting_std {self.lighting_std} must be >= 0 (0 turns lighting off)")
-        if self.normalize not in ("mean_image", "channel", "none"):
+        if self.normalize not in typing.get_args(Normalize):
             raise ValueError(f"normalize {self.normalize!r} must be 'mean_image', 'channel' or 'none'")
         if self.input_scale <= 0:
             raise ValueError(f"input_scale {self.input_scale} must be > 0 (1.0 is the paper's raw scale)")
