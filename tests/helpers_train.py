@@ -11,7 +11,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from alexnet.config import Config, load_config
+import torch
+
+from alexnet.checkpoint import TrainingState
+from alexnet.config import Config, load_config, save_config
+from alexnet.data.prepare import prepare_store
 
 CLASSES = ("n01440764", "n02102040", "n02979186", "n03000684")  # real synsets, so names are looked up
 
@@ -39,8 +43,6 @@ def make_store(
     tmp: Path, n_train: int = 32, n_val: int = 8, size: int = 36, classes: tuple[str, ...] = CLASSES
 ) -> Path:
     """A prepared store of len(classes) classes, n_train / n_val images per class, `size` px."""
-    from alexnet.data.prepare import prepare_store
-
     source = make_image_folder(tmp / "images", {"train": n_train, "val": n_val}, size=size, classes=classes)
     out = tmp / "store"
     prepare_store(source, out, size=size, workers=1, progress=False)
@@ -76,9 +78,16 @@ def tiny_config(store: Path, *overrides: str) -> Config:
 
 
 def write_config(config: Config, path: Path) -> Path:
-    from alexnet.config import save_config
-
     save_config(config, path)
+    return path
+
+
+def save_trained(
+    path: Path, model: torch.nn.Module, config: Config, classes, class_names, mean: torch.Tensor
+) -> Path:
+    """A checkpoint of `model` as training writes it (weights, config, classes, mean), without resume state."""
+    config = config.with_num_classes(len(classes), "the test's classes")
+    TrainingState(model.state_dict(), config, list(classes), list(class_names), mean).save(path)
     return path
 
 

@@ -6,13 +6,9 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from alexnet.data.augment import (
-    LIGHTING_PIXEL_SCALE,
-    TEN_CROP_ORDER,
-    AugmentConfig,
-    Augmenter,
-    batch_generator,
-)
+from alexnet.config import AugmentConfig
+from alexnet.data.augment import LIGHTING_PIXEL_SCALE, TEN_CROP_ORDER, Augmenter
+from alexnet.seeding import batch_generator
 
 S, C, B = 20, 14, 32
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

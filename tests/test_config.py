@@ -2,7 +2,7 @@
 
 import pytest
 
-from alexnet.config import Config, config_from_dict, list_presets, load_config, save_config
+from alexnet.config import Config, config_from_dict, list_presets, load_config, save_config, to_toml
 
 
 def test_defaults_are_the_papers():
@@ -92,3 +92,19 @@ def test_save_config_is_atomic(tmp_path, monkeypatch):
         save_config(load_config("demo"), path)
     monkeypatch.undo()
     assert load_config(path) == old and [p.name for p in tmp_path.iterdir()] == ["config.toml"]
+
+
+def test_input_size_and_crop_must_agree_and_the_error_names_both():
+    with pytest.raises(ValueError, match=r"model.input_size = 224 but data.crop = 32.*--set model.input_size=32"):
+        load_config(None, ["data.crop=32"])
+    assert load_config(None, ["data.crop=227", "model.input_size=227"]).model.input_size == 227
+
+
+def test_num_classes_comes_from_the_data_unless_set():
+    config = load_config("paper")
+    assert config.model.num_classes is None  # a shipped preset does not fix it
+    assert config.with_num_classes(10, "store S").model.num_classes == 10
+    mine = load_config("paper", ["model.num_classes=1000"])
+    with pytest.raises(ValueError, match=r"model.num_classes = 1000 but store S has 10 classes"):
+        mine.with_num_classes(10, "store S")
+    assert "num_classes" not in to_toml(config) and "num_classes = 10" in to_toml(config.with_num_classes(10, "s"))

@@ -8,12 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from alexnet.checkpoint import save_checkpoint
-from alexnet.config import config_to_dict
 from alexnet.data.store import Store
-from alexnet.evaluate import evaluate_checkpoints, predict_files
+from alexnet.evaluate import ensemble_probs, evaluate_checkpoints, predict_files
+from alexnet.models.build import load_trained
 from alexnet.models import create_model
-from helpers_train import CLASSES, alexnet_cmd, make_store, tiny_config
+from helpers_train import CLASSES, alexnet_cmd, make_store, save_trained, tiny_config
 
 # More than five classes, so that top-5 is not every image's hit (with k = min(5, classes)).
 SEVEN = (*CLASSES, "n03028079", "n03394916", "n03417042")
@@ -33,16 +32,7 @@ def setup(tmp_path_factory):
         torch.manual_seed(seed)
         model = create_model("cifar_relu", num_classes=len(SEVEN)).eval()
         path = tmp / f"model{seed}.pt"
-        save_checkpoint(
-            {
-                "model": model.state_dict(),
-                "config": config_to_dict(config),
-                "classes": store.classes,
-                "class_names": store.class_names,
-                "mean": torch.from_numpy(store.mean),
-            },
-            path,
-        )
+        save_trained(path, model, config, store.classes, store.class_names, torch.from_numpy(store.mean))
         paths.append(path)
         models.append(model)
     return store_path, store, paths, models
@@ -84,10 +74,8 @@ def test_errors_equal_a_hand_computation(setup, ten_crop, ensemble):
 
 
 def test_ensemble_and_ten_crop_probabilities_equal_the_hand_average(setup):
-    from alexnet.evaluate import ensemble_probs, load_model
-
     store_path, store, paths, models = setup
-    loaded = [load_model(p) for p in paths]
+    loaded = [load_trained(p) for p in paths]
     batch = [(store.load_split("val"), torch.from_numpy(store.labels("val")))]
     probs, _ = ensemble_probs(loaded, batch, torch.device("cpu"), ten_crop=True)
     expected = _by_hand(models, store, ten_crop=True)

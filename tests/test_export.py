@@ -10,6 +10,7 @@ from alexnet.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from alexnet.config import config_to_dict, load_config
 from alexnet.export import export
 from alexnet.models import create_model
+from helpers_train import save_trained
 
 CLASSES = ["n01440764", "n02102040", "n02979186"]
 
@@ -28,16 +29,8 @@ def _checkpoint(tmp_path, name: str, input_size: int):
     torch.manual_seed(0)
     model = create_model(name, num_classes=3, input_size=input_size).eval()
     path = tmp_path / f"{name}.pt"
-    save_checkpoint(
-        {
-            "model": model.state_dict(),
-            "config": config_to_dict(config),
-            "classes": CLASSES,
-            "class_names": ["tench", "English springer", "cassette player"],
-            "mean": torch.full((3, input_size + 4, input_size + 4), 100.0),
-        },
-        path,
-    )
+    names = ["tench", "English springer", "cassette player"]
+    save_trained(path, model, config, CLASSES, names, torch.full((3, input_size + 4, input_size + 4), 100.0))
     return model, path
 
 

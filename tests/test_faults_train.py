@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from alexnet.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from alexnet.engine import NonFiniteLossError
+from alexnet.checkpoint import load_checkpoint, save_checkpoint
+from alexnet.errors import CheckpointError, NonFiniteLossError
 from alexnet.train import fit
 from helpers_train import alexnet_cmd, env_one_thread, make_store, tiny_config, wait_for_step, write_config
 
@@ -118,7 +118,8 @@ def test_kill_9_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_p
 
 _DISK_FULL = """
 import resource, signal, sys, torch
-from alexnet.checkpoint import CheckpointError, save_checkpoint
+from alexnet.checkpoint import save_checkpoint
+from alexnet.errors import CheckpointError
 path = sys.argv[1]
 save_checkpoint({"generation": 0, "w": torch.zeros(10)}, path)
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG from write() instead of being killed
@@ -247,9 +248,9 @@ def test_nonsense_command_lines_print_usage_and_exit_2(argv):
 def test_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(
     store, tmp_path, monkeypatch
 ):
-    import alexnet.models
+    import alexnet.models.build
 
-    create = alexnet.models.create_model
+    create = alexnet.models.build.create_model
     calls = {"n": 0}
 
     class Poisoned(torch.nn.Module):
@@ -267,7 +268,7 @@ def test_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_c
                     out = out * float("nan")
             return out
 
-    monkeypatch.setattr(alexnet.models, "create_model", lambda *a, **k: Poisoned(create(*a, **k)))
+    monkeypatch.setattr(alexnet.models.build, "create_model", lambda *a, **k: Poisoned(create(*a, **k)))
     run = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at step 6 \(epoch 1, batch 6\)"):
         fit(tiny_config(store, *EVERY_STEP), run, progress=False)

@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alexnet.data.prepare import decode_rgb, format_prepare_summary, prepare_store, resize_center_crop
-from alexnet.data.store import DataError, Store
+from alexnet.data.decode import decode_rgb, resize_center_crop
+from alexnet.data.prepare import format_prepare_summary, prepare_store
+from alexnet.data.store import Store
+from alexnet.errors import DataError
 
 SIZE = 32
 A, B = "n01440764", "n02102040"

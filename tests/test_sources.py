@@ -13,7 +13,7 @@ import pytest
 
 from alexnet.data import labels
 from alexnet.data.sources import Entry, Source, ilsvrc_val_labels, open_source
-from alexnet.data.store import DataError
+from alexnet.errors import DataError
 
 SYNSETS = ["n01440764", "n02102040", "n03888257"]
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from alexnet.errors import DataError
 from alexnet.data.store import (
-    DataError,
     ShardedImages,
     Store,
     atomic_write,

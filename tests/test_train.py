@@ -10,7 +10,8 @@ import torch
 
 from alexnet.checkpoint import load_checkpoint
 from alexnet.models import create_model
-from alexnet.train import fit, load_pretrained
+from alexnet.models.build import load_pretrained
+from alexnet.train import fit
 from helpers_train import (
     alexnet_cmd,
     env_one_thread,
@@ -98,7 +99,8 @@ def test_budget_stop_then_resume_equals_the_uninterrupted_run(reference, store, 
         ("data.batch_size", "8", "4"),
         ("run.seed", "0", "1"),
         ("data.batch_is_global", "true", "false"),
-        ("data.crop", "32", "28"),
+        ("data.input_scale", "64.0", "32.0"),
+        ("model.dropout", "0.5", "0.0"),
         ("data.flip", "true", "false"),
     ],
 )
@@ -123,7 +125,7 @@ def test_resume_may_change_epochs_and_budgets(store, tmp_path):
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_stop_signal_catches_the_first_signal_and_lets_a_second_through(signum):
-    from alexnet.train import StopSignal
+    from alexnet.signals import StopSignal
 
     seen = []
 
@@ -145,15 +147,13 @@ def test_stop_signal_catches_the_first_signal_and_lets_a_second_through(signum):
 
 def test_demo_stops_after_an_interrupted_fit(tmp_path, monkeypatch, capsys):
     """An interrupt before the first epoch ends: no traceback, no ten-crop evaluation, 128 + signal."""
-    import alexnet.data.prepare
-    import alexnet.evaluate
-    import alexnet.train
+    import alexnet.demo
     from alexnet.demo import run_demo
 
     monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "cache"))
     (tmp_path / "cache" / "stores" / "imagenette").mkdir(parents=True)
     (tmp_path / "cache" / "stores" / "imagenette" / "meta.json").write_text("{}")
-    monkeypatch.setattr(alexnet.data.prepare, "resolve_source", lambda name: tmp_path / name)
+    monkeypatch.setattr(alexnet.demo, "resolve_source", lambda name: tmp_path / name)
     run = tmp_path / "run"
     summary = {
         "status": "interrupted",
@@ -163,12 +163,12 @@ def test_demo_stops_after_an_interrupted_fit(tmp_path, monkeypatch, capsys):
         "run_dir": str(run),
         "latest": str(run / "checkpoints" / "latest.pt"),
     }
-    monkeypatch.setattr(alexnet.train, "fit", lambda config, run_dir: summary)
+    monkeypatch.setattr(alexnet.demo, "fit", lambda config, run_dir: summary)
 
     def no_eval(*args, **kwargs):
         raise AssertionError("the ten crops were evaluated after an interrupt")
 
-    monkeypatch.setattr(alexnet.evaluate, "evaluate_checkpoints", no_eval)
+    monkeypatch.setattr(alexnet.demo, "evaluate_checkpoints", no_eval)
     assert run_demo(str(run)) == 128 + signal.SIGINT
     err = capsys.readouterr().err
     assert "interrupted by signal 2" in err and f"alexnet train --resume --run-dir {run}" in err
@@ -210,7 +210,6 @@ def test_finetune_on_another_label_set(reference, tmp_path):
 
     other = make_store(tmp_path, n_train=16, n_val=4, classes=("n03394916", "n03417042", "n03425413"))
     config = tiny_config(other, "run.epochs=1")
-    config = replace(config, model=replace(config.model, num_classes=4))  # finetune sizes it from the store
     summary = finetune(config, tmp_path / "ft", reference[0] / "checkpoints" / "best.pt", progress=False)
     state = load_checkpoint(tmp_path / "ft" / "checkpoints" / "latest.pt")
     assert summary["status"] == "finished" and state["model"]["fc4.weight"].shape[0] == 3

@@ -6,26 +6,32 @@ previous checkpoint whole. Loads first verify the CRC-32 of every entry of the c
 (torch.load does not), then use `torch.load(weights_only=True)`, whose unpickler only rebuilds tensors
 and plain containers: a checkpoint carrying a pickled callable is refused before anything runs.
 Weights to share travel as safetensors, which hold tensors and string metadata only.
+
+`TrainingState` is the one definition of what a checkpoint holds: training writes it, and evaluate,
+predict, export, fine-tuning and the tests read it through `TrainingState.load`, which checks the
+format version.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import pickle
-import random
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
+from alexnet.config import Config, config_from_dict, config_to_dict
+from alexnet.errors import CheckpointError
 from alexnet.fsutil import atomic_write
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read: missing, truncated, corrupt or carrying code."""
+# The layout of `TrainingState` as saved. Version 1 is every checkpoint this package has written so far.
+FORMAT = "alexnet-checkpoint-1"
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
@@ -79,27 +85,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
-def rng_state() -> dict:
-    """Every random generator a training step draws from: torch (CPU and CUDA), numpy, Python."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
-        "python": random.getstate(),
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-
-
 def save_weights(
     state_dict: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]
 ) -> None:
@@ -120,3 +105,75 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         return load_file(str(path)), metadata
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"weights file {path} cannot be read as safetensors: {e}") from None
+
+
+@dataclass
+class TrainingState:
+    """What a checkpoint holds: enough to continue a run exactly, and to use the network without its store.
+
+    ``latest.pt`` has every field; ``best.pt`` (see `for_inference`) leaves out the optimizer's velocities
+    and the random states, which only resuming needs.
+    """
+
+    model: dict[str, torch.Tensor]  # the single-device layout, whatever the placement during training
+    config: Config  # the resolved config (model.num_classes set)
+    classes: list[str]  # class ids (wnids, folder names) in label order
+    class_names: list[str]  # human names, same order
+    mean: torch.Tensor  # (3, S, S) float32, the training store's mean image: the input normalisation
+    epoch: int = 0  # the epoch in progress (0-based)
+    batch: int = 0  # the next batch of that epoch
+    step: int = 0  # optimizer steps done
+    best: float = math.inf  # the lowest validation top-1 error so far
+    elapsed: float = 0.0  # seconds of training wall time so far
+    metrics: list[dict] = field(default_factory=list)  # one record per evaluated epoch (metrics.jsonl)
+    epoch_stats: dict = field(default_factory=dict)  # running sums of the epoch in progress
+    schedule: dict = field(default_factory=dict)  # the learning-rate schedule's state
+    optimizer: dict | None = None  # absent from best.pt
+    rng: list[dict] | None = None  # every process's random states, in rank order; absent from best.pt
+
+    @property
+    def resumable(self) -> bool:
+        return self.optimizer is not None and self.rng is not None
+
+    def for_inference(self) -> TrainingState:
+        """The same state without what only resuming needs (best.pt)."""
+        return dataclasses.replace(self, optimizer=None, rng=None)
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["config"] = config_to_dict(self.config)
+        return {"format": FORMAT, **{k: v for k, v in out.items() if v is not None}}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "checkpoint") -> TrainingState:
+        fmt = data.get("format")
+        if fmt is None:
+            raise CheckpointError(
+                f"{source} is not a training checkpoint of this package (it has no format key; it holds "
+                f"{', '.join(sorted(map(str, data))[:6])}); pass a latest.pt or best.pt from a run folder"
+            )
+        if fmt != FORMAT:
+            raise CheckpointError(
+                f"{source} is a checkpoint of format {fmt!r}, which this version of alexnet (reads {FORMAT!r}) "
+                "does not know; load it with the version that wrote it, or upgrade alexnet"
+            )
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names - {"format"}
+        missing = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING} - set(data)
+        if unknown or missing:
+            raise CheckpointError(
+                f"{source} does not have the layout of {FORMAT}: missing {sorted(missing)}, unexpected "
+                f"{sorted(unknown)}"
+            )
+        values = {k: v for k, v in data.items() if k != "format"}
+        values["config"] = config_from_dict(values["config"], source)
+        values["mean"] = values["mean"].float()
+        return cls(**values)
+
+    def save(self, path: str | os.PathLike) -> None:
+        save_checkpoint(self.to_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> TrainingState:
+        return cls.from_dict(load_checkpoint(path, map_location), str(path))

@@ -1,44 +1,68 @@
-"""`alexnet <command>`: parses arguments and calls library functions; nothing else lives here."""
+"""`alexnet <command>`: parses arguments and calls library functions; nothing else lives here.
+
+Importing this module does not import torch: each command imports what it runs, so `alexnet --help`,
+`--version` and `config show` answer at once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import traceback
+from pathlib import Path
+
+from alexnet import __version__
+from alexnet.config import Config, list_presets, load_config, parse_override, to_toml
+from alexnet.errors import USER_ERRORS
+
+DESCRIPTION = """\
+AlexNet as Krizhevsky, Sutskever and Hinton published it (NIPS 2012): the two-tower network with
+local response normalisation, its data pipeline, training recipe and evaluation, on PyTorch.
+
+Start with:
+  alexnet demo                                    train on Imagenette in 15 minutes on a laptop CPU
+  alexnet prepare DATASET --out STORE             decode a data set once into a 256x256 store
+  alexnet train --config paper --data STORE       train with the paper's recipe
+
+Then evaluate, predict, finetune or export a checkpoint. `alexnet COMMAND --help` explains each.
+"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the descriptions' line breaks and shows each option's default."""
+
+
+def _add(sub, name: str, summary: str, description: str, example: str) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name, help=summary, description=f"{summary}.\n\n{description}", epilog=f"example:\n  {example}",
+        formatter_class=_Formatter,
+    )
+
+
+def _print(result: object, as_json: bool, human: str) -> None:
+    print(json.dumps(result, indent=2) if as_json else human)
 
 
 def _summary(args: argparse.Namespace) -> int:
     from alexnet.models.summary import format_summary, summarize
 
     rows, totals = summarize(args.model, input_size=args.input_size, num_classes=args.num_classes)
-    if args.json:
-        print(json.dumps({"model": args.model, "layers": rows, "totals": totals}, indent=2))
-    else:
-        print(format_summary(args.model, rows, totals))
+    _print({"model": args.model, "layers": rows, "totals": totals}, args.json,
+           format_summary(args.model, rows, totals))
     return 0
 
 
 def _prepare(args: argparse.Namespace) -> int:
     from alexnet.data.prepare import format_prepare_summary, prepare_store
 
-    summary = prepare_store(
-        args.source,
-        args.out,
-        size=args.size,
-        workers=args.workers,
-        encoding=args.encoding,
-        max_pixels=args.max_pixels,
-        progress=not args.json,
-    )
-    print(json.dumps(summary, indent=2) if args.json else format_prepare_summary(summary))
+    summary = prepare_store(args.source, args.out, size=args.size, workers=args.workers,
+                            encoding=args.encoding, max_pixels=args.max_pixels, progress=not args.json)
+    _print(summary, args.json, format_prepare_summary(summary))
     return 0
 
 
-def _config_from_args(args: argparse.Namespace):
-    from pathlib import Path
-
-    from alexnet.config import load_config
-
+def _config_from_args(args: argparse.Namespace) -> Config:
     config = args.config
     if config is None:
         saved = Path(args.run_dir) / "config.toml" if args.run_dir else None
@@ -52,17 +76,27 @@ def _config_from_args(args: argparse.Namespace):
 
 
 def _run_dir(args: argparse.Namespace, config_name: str) -> str:
-    from pathlib import Path
-
     return args.run_dir or str(Path("runs") / Path(str(config_name)).stem)
 
 
-def _report_fit(summary: dict) -> int:
+def _report_fit(summary: dict, as_json: bool) -> int:
     if summary["status"] == "interrupted":
         print(f"interrupted by signal {summary['signal']} at step {summary['step']}; checkpoint saved to "
               f"{summary['latest']}; continue with --resume --run-dir {summary['run_dir']}", file=sys.stderr)
         return 128 + summary["signal"]
-    print(json.dumps({k: v for k, v in summary.items() if k != "signal"}, indent=2))
+    result = {k: v for k, v in summary.items() if k != "signal"}
+    last = summary["last"] or {}
+    how = "finished" if summary["status"] == "finished" else "stopped by its budget"
+    human = "\n".join([
+        f"training {how} after {last.get('epoch', 0):g} epochs ({summary['step']} steps)",
+        f"  validation top-1 error {100 * last.get('val_top1_error', float('nan')):.2f}%, top-5 "
+        f"{100 * last.get('val_top5_error', float('nan')):.2f}% (best top-1 "
+        f"{100 * summary['best_top1_error']:.2f}%)",
+        f"  run folder {summary['run_dir']}",
+        f"  checkpoint {summary['latest']} (best: {summary['best']})",
+        f"  curves     {summary['plot']}",
+    ])
+    _print(result, as_json, human)
     return 0
 
 
@@ -70,17 +104,24 @@ def _train(args: argparse.Namespace) -> int:
     from alexnet.train import fit
 
     config = _config_from_args(args)
-    return _report_fit(fit(config, _run_dir(args, args.config or "paper"), resume=args.resume,
-                           progress=not args.no_progress))
+    summary = fit(config, _run_dir(args, args.config or "paper"), resume=args.resume,
+                  progress=not args.no_progress)
+    return _report_fit(summary, args.json)
 
 
 def _finetune(args: argparse.Namespace) -> int:
     from alexnet.train import finetune
 
     config = _config_from_args(args)
+    model_overrides = {}
+    for item in args.set:
+        section, key, value = parse_override(item)
+        if section == "model":
+            model_overrides[key] = value
     run_dir = _run_dir(args, f"finetune-{args.config or 'paper'}")
-    return _report_fit(finetune(config, run_dir, args.checkpoint, resume=args.resume,
-                                progress=not args.no_progress))
+    summary = finetune(config, run_dir, args.checkpoint, resume=args.resume, progress=not args.no_progress,
+                       model_overrides=model_overrides)
+    return _report_fit(summary, args.json)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -90,24 +131,24 @@ def _evaluate(args: argparse.Namespace) -> int:
                                   batch_size=args.batch_size, precision=args.precision, device=args.device,
                                   per_class_csv=args.per_class_csv, progress=not args.json)
     if result.pop("is_main"):
-        print(json.dumps(result, indent=2) if args.json else format_evaluation(result))
+        _print(result, args.json, format_evaluation(result))
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
     from alexnet.evaluate import format_predictions, predict_files
 
-    checkpoints = [args.checkpoint, *args.ensemble]
-    results = predict_files(checkpoints, args.images, ten_crop=args.ten_crop, top=args.top,
-                            device=args.device)
-    print(json.dumps(results, indent=2) if args.json else format_predictions(results))
+    results = predict_files([args.checkpoint, *args.ensemble], args.images, ten_crop=args.ten_crop,
+                            top=args.top, device=args.device)
+    _print(results, args.json, format_predictions(results))
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
     from alexnet.export import export
 
-    print(export(args.checkpoint, args.format, args.out))
+    path = export(args.checkpoint, args.format, args.out)
+    _print({"path": str(path), "mean": str(path.with_suffix(".mean.npy"))}, args.json, str(path))
     return 0
 
 
@@ -117,107 +158,154 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(run_dir=args.run_dir, minutes=args.minutes)
 
 
+def _config_show(args: argparse.Namespace) -> int:
+    source = args.source
+    run_config = Path(source) / "config.toml"
+    config = load_config(run_config if run_config.is_file() else source, args.set)
+    print(to_toml(config), end="")
+    return 0
+
+
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None,
-                   help="preset name (paper, demo, cifar10) or TOML file; default: paper, or the run's own "
+    p.add_argument("--config", default=None, metavar="PRESET|TOML",
+                   help=f"preset ({', '.join(list_presets())}) or TOML file; default: paper, or the run's own "
                         "config.toml with --resume")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value, e.g. --set run.epochs=10 (repeatable)")
     p.add_argument("--data", default=None, metavar="STORE",
-                   help="prepared store (path or name); sets data.store")
+                   help="prepared store (path, or name under $ALEXNET_CACHE/stores); sets data.store")
     p.add_argument("--run-dir", default=None, help="run folder (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the run folder's latest checkpoint (start fresh if it has none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (a GPU when there is one)")
 
 
 def _add_training_commands(sub) -> None:
-    """train, finetune, evaluate, predict, export, demo."""
-    p = sub.add_parser("train", help="train a network from a config (the paper's recipe by default)")
+    p = _add(sub, "train", "train a network from a config (the paper's recipe by default)",
+             "Trains in a run folder (config.toml, checkpoints/latest.pt and best.pt, metrics.jsonl, curves.png, "
+             "TensorBoard events). The class count comes from the store. A killed run continues exactly with "
+             "--resume; under torchrun the batch is split over the processes.",
+             "alexnet train --config demo --data ~/.cache/alexnet/stores/imagenette --set run.epochs=3")
     _add_run_arguments(p)
     p.add_argument("--model-parallel", type=int, choices=[1, 2], default=None,
                    help="2: the paper's two towers on two devices (Figure 2)")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("finetune",
-                       help="start from a checkpoint, replace the classifier, train on a new label set")
-    p.add_argument("checkpoint", help="checkpoint (.pt) or weights (.safetensors) to start from")
+    p = _add(sub, "finetune", "start from a checkpoint, replace the classifier, train on a new label set",
+             "The network and its input (crop, normalisation, input scale) come from the checkpoint; the "
+             "recipe (optimiser, schedule, budget) from --config; fc8 is replaced for the new store's classes "
+             "and every layer trains. --set model.KEY=VALUE changes the network on purpose (an error if the "
+             "weights do not fit it).",
+             "alexnet finetune runs/demo/checkpoints/best.pt --config demo --data STORE --set run.epochs=2")
+    p.add_argument("checkpoint", help="checkpoint (.pt) or exported weights (.safetensors) to start from")
     _add_run_arguments(p)
     p.set_defaults(func=_finetune)
 
-    p = sub.add_parser("evaluate", help="top-1/top-5 error of a checkpoint, or of an ensemble of several")
-    p.add_argument("checkpoints", nargs="+", help="one checkpoint, or several to average (an ensemble)")
+    p = _add(sub, "evaluate", "top-1 / top-5 error of a checkpoint, or of an ensemble of several",
+             "Centre crop by default; --ten-crop averages the softmax over the four corners, the centre and "
+             "their reflections (Section 4.1). Several checkpoints average their softmax (Section 6's "
+             "ensembles). Exact under torchrun: every image counted once.",
+             "alexnet evaluate runs/demo/checkpoints/best.pt --data STORE --ten-crop")
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
+                   help="one checkpoint, or several to average (an ensemble)")
     p.add_argument("--data", required=True, metavar="STORE", help="prepared store (path or name)")
     p.add_argument("--split", default=None, help="split to evaluate (default: val, or test)")
-    p.add_argument("--ten-crop", action="store_true",
-                   help="average the softmax over the ten crops (Section 4.1)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--ten-crop", action="store_true", help="average the softmax over the ten crops")
+    p.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="arithmetic")
+    _add_device(p)
     p.add_argument("--per-class-csv", default=None, metavar="CSV", help="write per-class accuracy here")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--json", action="store_true", help="print JSON (with per-class accuracy)")
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("predict", help="top-5 classes with names and probabilities for image files")
+    p = _add(sub, "predict", "the most probable classes, with names, for image files",
+             "Each image is scaled to the training store's size (shorter side), centre-cropped and "
+             "normalised as in training. --ensemble adds checkpoints whose softmax is averaged.",
+             "alexnet predict runs/demo/checkpoints/best.pt photo.jpg --ensemble other.pt --top 3")
     p.add_argument("checkpoint", help="checkpoint (.pt) of a trained network")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, any format")
-    p.add_argument("--ensemble", nargs="+", default=[], metavar="CHECKPOINT",
-                   help="more checkpoints whose softmax is averaged with the first's")
+    p.add_argument("--ensemble", action="append", default=[], metavar="CHECKPOINT",
+                   help="another checkpoint to average with the first (repeatable)")
     p.add_argument("--ten-crop", action="store_true", help="average the softmax over the ten crops")
-    p.add_argument("--top", type=int, default=5)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--top", type=int, default=5, help="classes shown per image")
+    _add_device(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_predict)
 
-    p = sub.add_parser("export", help="export a checkpoint's weights (safetensors) or network (ONNX)")
-    p.add_argument("checkpoint")
-    p.add_argument("--format", choices=["safetensors", "onnx"], required=True)
+    p = _add(sub, "export", "write a checkpoint's weights as safetensors, or the network as ONNX",
+             "Safetensors carry the model name, classes and config as metadata; ONNX takes normalised crops "
+             "and returns logits. The training store's mean image is written beside either as NAME.mean.npy.",
+             "alexnet export runs/demo/checkpoints/best.pt --format safetensors --out alexnet.safetensors")
+    p.add_argument("checkpoint", help="checkpoint (.pt) to export")
+    p.add_argument("--format", choices=["safetensors", "onnx"], required=True, help="what to write")
     p.add_argument("--out", default=None, help="output file (default: beside the checkpoint)")
+    p.add_argument("--json", action="store_true", help="print the written paths as JSON")
     p.set_defaults(func=_export)
 
-    p = sub.add_parser("demo",
-                       help="prepare Imagenette, train the paper's network on it in 15 minutes, evaluate")
+    p = _add(sub, "demo", "prepare Imagenette, train the paper's network on it within a budget, evaluate",
+             "Finds imagenette2-224 under $ALEXNET_DATA, prepares it once, trains the paper's network with "
+             "the demo recipe and reports centre and ten-crop accuracy, all inside --minutes of wall time.",
+             "alexnet demo --minutes 15")
     p.add_argument("--run-dir", default=None, help="run folder (default: runs/demo-<time>)")
     p.add_argument("--minutes", type=float, default=15.0, help="wall-time budget of the whole demo")
     p.set_defaults(func=_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from alexnet.models import list_models
-
-    parser = argparse.ArgumentParser(prog="alexnet", description=__doc__)
+    parser = argparse.ArgumentParser(prog="alexnet", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"alexnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("summary", help="per-layer table: output shape, parameters, MACs, neurons")
-    p.add_argument("--model", default="alexnet", choices=list_models())
-    p.add_argument("--input-size", type=int, default=None, help="default: 224 (32 for the CIFAR nets)")
-    p.add_argument("--num-classes", type=int, default=1000)
+    p = _add(sub, "summary", "per-layer table of a network: output shape, parameters, MACs, neurons",
+             "Any registered model: alexnet (the paper's), its ablations (alexnet_nolrn, alexnet_onetower, "
+             "...), alexnet_owt (torchvision's) and the CIFAR-10 nets (cifar_relu, cifar_tanh, cifar_lrn).",
+             "alexnet summary --model alexnet_onetower")
+    p.add_argument("--model", default="alexnet", help="registered model name")
+    p.add_argument("--input-size", type=int, default=None, help="input side (default: 224; 32 for CIFAR nets)")
+    p.add_argument("--num-classes", type=int, default=1000, help="size of the last layer")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_summary)
 
-    p = sub.add_parser("prepare",
-                       help="decode, resize and store a data set once (256x256, mean image, RGB PCA)")
+    p = _add(sub, "prepare", "decode, resize and store a data set once (256x256, mean image, RGB PCA)",
+             "Reads a folder or archive of class folders, the ILSVRC-2012 tars (a tar of per-class tars, "
+             "the flat validation tar with its devkit), or CIFAR-10's batches; scales the shorter side to "
+             "--size and keeps the centre square (Section 2). Unreadable files are reported and skipped. "
+             "A killed prepare resumes where it stopped.",
+             "alexnet prepare imagenette2-224 --out ~/.cache/alexnet/stores/imagenette")
     p.add_argument("source", help="folder or archive of images, ILSVRC tar, CIFAR-10 batches, "
-                   "or a name under ALEXNET_DATA")
+                   "or a name under $ALEXNET_DATA")
     p.add_argument("--out", required=True, help="folder of the prepared store")
     p.add_argument("--size", type=int, default=256, help="shorter side scaled to this, then centre-cropped")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
     p.add_argument("--encoding", choices=["raw", "jpeg"], default="raw",
-                   help="shard payload: raw uint8 or JPEG")
+                   help="shard payload: raw uint8 (fast) or JPEG (about 10x smaller)")
     p.add_argument("--max-pixels", type=int, default=None,
-                   help="skip images declaring more pixels than this")
+                   help="skip images declaring more pixels than this (default: Pillow's bomb limit)")
     p.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
     p.set_defaults(func=_prepare)
 
     _add_training_commands(sub)
+
+    p = _add(sub, "config", "print a preset or a run's resolved config as TOML, to copy and edit",
+             "SOURCE is a preset name, a TOML file or a run folder (its config.toml). --set applies "
+             "overrides first, as train would.",
+             "alexnet config show demo --set run.epochs=3 > my.toml && alexnet train --config my.toml")
+    p.add_argument("action", choices=["show"], help="what to do (show)")
+    p.add_argument("source", nargs="?", default="paper", metavar="PRESET|TOML|RUN_DIR",
+                   help="the config to print")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value (repeatable)")
+    p.set_defaults(func=_config_show)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from alexnet.checkpoint import CheckpointError
-    from alexnet.data.store import DataError
-    from alexnet.engine import NonFiniteLossError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -225,8 +313,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, CheckpointError, DataError, NonFiniteLossError) as err:
-        # What a user can fix (bad config or input, missing data, unreadable checkpoint, a diverged run):
-        # one line and exit status 1, no traceback.
+    except USER_ERRORS as err:
+        # What a user can fix (bad config or input, missing data, unreadable checkpoint, a missing device,
+        # a diverged run): one line and exit status 1. Anything else is a bug and keeps its traceback.
         print(f"alexnet {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except Exception:
+        traceback.print_exc()
+        print(f"alexnet {args.command}: internal error (a bug in alexnet {__version__}); please report it "
+              "with the traceback above", file=sys.stderr)
+        return 70

@@ -12,14 +12,18 @@ import dataclasses
 import math
 import os
 import tomllib
+import types
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alexnet.data.augment import Normalize
-from alexnet.models.alexnet import INITS
+import tomli_w
 
+from alexnet.fsutil import atomic_write
+
+# How input pixels are normalised: the paper's mean image, torchvision's per-channel statistics, or nothing.
+NORMALIZE = ("mean_image", "channel", "none")
 PRESET_DIR = Path(__file__).parent / "configs"
 
 
@@ -36,37 +40,35 @@ def _positive(name: str, value: float, allow_zero: bool = False) -> None:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which network (a name of `alexnet.models.list_models()`) and its construction overrides (Section 3)."""
+    """Which network (a name of `alexnet.models.list_models()`) and its construction overrides (Section 3).
+
+    `num_classes` left unset is taken from the store the run trains on; set, it must match it.
+    `name` and `init` are checked against the model registry when the network is built
+    (`alexnet.models.build.check_model_config`), which this torch-free module does not import.
+    """
 
     name: str = "alexnet"
-    num_classes: int = 1000
+    num_classes: int | None = None
     input_size: int = 224
     init: str = "paper"
     dropout: float = 0.5
 
     def __post_init__(self) -> None:
-        _choice("model.init", self.init, INITS)
-        _positive("model.num_classes", self.num_classes)
+        if self.num_classes is not None:
+            _positive("model.num_classes", self.num_classes)
+        _positive("model.input_size", self.input_size)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout = {self.dropout!r} must be in [0, 1)")
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    """The prepared store and the batches drawn from it (Sections 2 and 4.1).
+class AugmentConfig:
+    """How training images are augmented and every image is normalised (Section 4.1); the paper's values.
 
-    `store` is a path to a prepared store or a name under `$ALEXNET_CACHE/stores` (default
-    `~/.cache/alexnet/stores`). `batch_is_global` says whether `batch_size` is the whole step's batch
-    (split over torchrun processes; the paper's 128 spans its two GPUs) or each process's own.
-    The augmentation fields map one to one onto `alexnet.data.augment.AugmentConfig`.
+    The fields are keys of the `[data]` section (`DataConfig` extends this class), and
+    `alexnet.data.augment.Augmenter` takes either.
     """
 
-    store: str = "imagenet"
-    batch_size: int = 128
-    batch_is_global: bool = True
-    eval_batch_size: int = 128
-    in_memory: bool = False
-    workers: int = 2
     crop: int = 224
     random_crop: bool = True
     flip: bool = True
@@ -75,26 +77,33 @@ class DataConfig:
     input_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        _positive("data.batch_size", self.batch_size)
-        _positive("data.eval_batch_size", self.eval_batch_size)
-        _positive("data.workers", self.workers, allow_zero=True)
         _positive("data.crop", self.crop)
         _positive("data.lighting_std", self.lighting_std, allow_zero=True)
         _positive("data.input_scale", self.input_scale)
-        _choice("data.normalize", self.normalize, typing.get_args(Normalize))
+        _choice("data.normalize", self.normalize, NORMALIZE)
 
-    def augment_config(self):  # -> alexnet.data.augment.AugmentConfig
-        """The augmentation part of this config as the augment module's own dataclass."""
-        from alexnet.data.augment import AugmentConfig
 
-        return AugmentConfig(
-            crop=self.crop,
-            random_crop=self.random_crop,
-            flip=self.flip,
-            lighting_std=self.lighting_std,
-            normalize=self.normalize,
-            input_scale=self.input_scale,
-        )
+@dataclass(frozen=True)
+class DataConfig(AugmentConfig):
+    """The prepared store, the batches drawn from it and their augmentation (Sections 2 and 4.1).
+
+    `store` is a path to a prepared store or a name under `$ALEXNET_CACHE/stores` (default
+    `~/.cache/alexnet/stores`). `batch_is_global` says whether `batch_size` is the whole step's batch
+    (split over torchrun processes; the paper's 128 spans its two GPUs) or each process's own.
+    """
+
+    store: str = "imagenet"
+    batch_size: int = 128
+    batch_is_global: bool = True
+    eval_batch_size: int = 128
+    in_memory: bool = False
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive("data.batch_size", self.batch_size)
+        _positive("data.eval_batch_size", self.eval_batch_size)
+        _positive("data.workers", self.workers, allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -193,12 +202,34 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
+    def __post_init__(self) -> None:
+        if self.model.input_size != self.data.crop:
+            raise ValueError(
+                f"model.input_size = {self.model.input_size} but data.crop = {self.data.crop}: the network "
+                f"takes the crops as they are; set both to the same value "
+                f"(--set model.input_size={self.data.crop} or --set data.crop={self.model.input_size})"
+            )
+
+    def with_num_classes(self, num_classes: int, source: str) -> Config:
+        """This config with `model.num_classes` taken from the data (`source` names it for errors)."""
+        set_to = self.model.num_classes
+        if set_to is not None and set_to != num_classes:
+            raise ValueError(
+                f"model.num_classes = {set_to} but {source} has {num_classes} classes; leave "
+                f"model.num_classes unset to take it from the data, or set it to {num_classes}"
+            )
+        return dataclasses.replace(self, model=dataclasses.replace(self.model, num_classes=num_classes))
+
 
 SECTIONS: dict[str, type] = {f.name: f.default_factory().__class__ for f in dataclasses.fields(Config)}
 
 
 def _coerce(where: str, value: object, annotation: typing.Any) -> object:
     """Check a TOML value against a field's annotation; ints are accepted where floats are."""
+    if isinstance(annotation, types.UnionType) and type(None) in typing.get_args(annotation):
+        if value is None:
+            return None
+        (annotation,) = (a for a in typing.get_args(annotation) if a is not type(None))
     if annotation is bool:
         ok = isinstance(value, bool)
     elif annotation is int:
@@ -257,7 +288,7 @@ def config_to_dict(config: Config) -> dict:
     }
 
 
-def _parse_override(item: str) -> tuple[str, str, object]:
+def parse_override(item: str) -> tuple[str, str, object]:
     if "=" not in item or "." not in item.split("=", 1)[0]:
         raise ValueError(f"override {item!r} is not section.key=value (for example run.epochs=10)")
     dotted, raw = item.split("=", 1)
@@ -312,51 +343,59 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
             except tomllib.TOMLDecodeError as e:
                 raise ValueError(f"{resolved}: not valid TOML: {e}") from None
     for item in overrides:
-        section, key, value = _parse_override(item)
+        section, key, value = parse_override(item)
         data.setdefault(section, {})[key] = value
     return config_from_dict(data, source)
 
 
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
 def to_toml(config: Config) -> str:
     """The resolved config as TOML that `load_config` reads back to an equal Config."""
-    lines = []
-    for section, values in config_to_dict(config).items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
-        lines.append("")
-    return "\n".join(lines)
+    # TOML has no null: an unset value (model.num_classes) is left out, which reads back as unset
+    tables = {
+        section: {k: v for k, v in values.items() if v is not None}
+        for section, values in config_to_dict(config).items()
+    }
+    return tomli_w.dumps(tables)
 
 
 def save_config(config: Config, path: str | os.PathLike) -> None:
     """Write `config` as TOML atomically: a crash leaves the old file or the new one, never a mixture."""
-    from alexnet.fsutil import atomic_write
-
     text = to_toml(config)
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def cache_dir() -> Path:
-    """Where prepared stores live: $ALEXNET_CACHE, default ~/.cache/alexnet."""
-    return Path(os.environ.get("ALEXNET_CACHE", Path.home() / ".cache" / "alexnet")).expanduser()
+# What fixes the batches of a run (their order, or the content of each), or the network: changing one of
+# these on resume would continue a different run than the checkpoint's. run.epochs and the budgets may change.
+RESUME_FIXED = (
+    "model.name",
+    "model.num_classes",
+    "model.input_size",
+    "model.init",
+    "model.dropout",
+    "data.store",
+    "run.seed",
+    "run.model_parallel",
+    "data.batch_size",
+    "data.batch_is_global",
+    "data.crop",
+    "data.random_crop",
+    "data.flip",
+    "data.lighting_std",
+    "data.normalize",
+    "data.input_scale",
+)
 
 
-def resolve_store(store: str) -> Path:
-    """`data.store` as a folder: an existing path, else a name under cache_dir()/stores."""
-    path = Path(store).expanduser()
-    if path.exists() or os.sep in store:
-        return path
-    return cache_dir() / "stores" / store
+def get_value(config: Config, dotted: str) -> object:
+    """`config.section.key` for "section.key"."""
+    section, key = dotted.split(".")
+    return getattr(getattr(config, section), key)
+
+
+def resume_conflicts(saved: Config, config: Config) -> list[str]:
+    """The RESUME_FIXED values `config` changes from `saved`, as "key = new (was old)" lines."""
+    return [
+        f"{key} = {get_value(config, key)!r} (was {get_value(saved, key)!r})"
+        for key in RESUME_FIXED
+        if get_value(config, key) != get_value(saved, key)
+    ]

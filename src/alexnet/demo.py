@@ -9,10 +9,17 @@ crop (the last epoch's validation) and the ten crops, and prints where everythin
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
+
+from alexnet.config import load_config
+from alexnet.data.prepare import prepare_store
+from alexnet.evaluate import evaluate_checkpoints
+from alexnet.paths import cache_dir, resolve_source
+from alexnet.train import fit
 
 IMAGENETTE = "imagenette2-224"
 # Ten-crop evaluation of Imagenette's 3,925 validation images, measured at about 110 s here (bf16); kept
@@ -39,13 +46,6 @@ imagenette2-224.tar.gz or unpacked as imagenette2-224/, in the folder ALEXNET_DA
 def run_demo(run_dir: str | None = None, minutes: float = 15.0) -> int:
     """The demo; returns the process exit status (2 when Imagenette is missing, 128 + the signal's
     number when SIGINT or SIGTERM stopped the training)."""
-    import sys
-
-    from alexnet.config import cache_dir, load_config
-    from alexnet.data.prepare import prepare_store, resolve_source
-    from alexnet.evaluate import evaluate_checkpoints
-    from alexnet.train import fit
-
     start = time.monotonic()
     try:
         source = resolve_source(IMAGENETTE)

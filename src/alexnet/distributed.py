@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from alexnet.errors import DeviceError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -26,12 +28,34 @@ class DistInfo:
 
 
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """ "auto": this process's GPU when CUDA is present, else the CPU; otherwise the named device."""
+    """ "auto": this process's GPU when CUDA is present, else the CPU; otherwise the named device, which
+    must exist here (a DeviceError names it and what to use instead)."""
     if device == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local_rank)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise DeviceError(
+            f"device {device!r} is not a device name; use auto, cpu, cuda or cuda:N (run.device)"
+        ) from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceError(
+                f"device {device!r}: this machine has no CUDA GPU that torch can use "
+                f"(torch {torch.__version__}); use --set run.device=cpu (or auto)"
+            )
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank)
+        if dev.index >= count:
+            raise DeviceError(f"device {dev}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    elif dev.type != "cpu":
+        try:
+            torch.empty(0, device=dev)
+        except (RuntimeError, AssertionError):
+            raise DeviceError(
+                f"device {device!r} is not available in this torch build or on this machine; use cpu or auto"
+            ) from None
     return dev
 
 
@@ -83,11 +107,6 @@ def all_gather_objects(obj: object) -> list:
     out: list = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
 
 
 def cleanup() -> None:

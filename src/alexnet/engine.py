@@ -13,19 +13,8 @@ from torch import nn
 from tqdm import tqdm
 
 from alexnet.distributed import all_reduce_max, all_reduce_sum
+from alexnet.errors import NonFiniteLossError
 from alexnet.optim import set_lr
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; the step it happened at is in the message and `.step`."""
-
-    def __init__(self, step: int, epoch: int, batch: int, loss: float):
-        super().__init__(
-            f"non-finite loss ({loss}) at step {step} (epoch {epoch + 1}, batch {batch}); the run stopped "
-            "before updating the weights with it. Lower optim.lr, check the input scale "
-            "(data.input_scale) or use another model.init; the last checkpoint is untouched"
-        )
-        self.step = step
 
 
 def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -78,7 +67,7 @@ def train_one_epoch(
     channels_last: bool = False,
     label_smoothing: float = 0.0,
     world_size: int = 1,
-    after_step: Callable[[int, int], bool] | None = None,
+    should_stop: Callable[[int, int], bool] | None = None,
     progress: bool = True,
 ) -> tuple[int, bool]:
     """Train on `batches` ((batch index, uint8 images, labels) from the loader) until they run out.
@@ -86,9 +75,9 @@ def train_one_epoch(
     Each step sets the rate `lr_at(step)`, augments the uint8 batch with `augment(images, batch_index)`,
     and checks the loss before the update: a NaN or infinite loss on any process raises
     NonFiniteLossError naming the step, with the weights as they were. After each update
-    `after_step(step, next_batch_index)` may return True to stop the epoch early (budgets, signals).
+    `should_stop(step, next_batch_index)` is asked whether to end the epoch early (budgets, signals).
 
-    Returns (the step count after the last update, whether after_step stopped the epoch).
+    Returns (the step count after the last update, whether should_stop ended the epoch).
     `stats` accumulates this process's loss sum, top-1 errors, images and time.
     """
     model.train()
@@ -128,7 +117,7 @@ def train_one_epoch(
                 lr=f"{lr:.3g}",
                 img_s=f"{stats.images * world_size / max(stats.seconds, 1e-9):.1f}",
             )
-            if after_step is not None and after_step(step, batch_idx + 1):
+            if should_stop is not None and should_stop(step, batch_idx + 1):
                 stopped = True
                 break
     finally:

@@ -12,59 +12,20 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
-from torch import nn
 
-from alexnet.checkpoint import load_checkpoint
-from alexnet.config import Config, config_from_dict, resolve_store
-from alexnet.distributed import cleanup, init_distributed
+from alexnet.data.decode import load_images
+from alexnet.data.loader import EvalBatches
+from alexnet.data.store import Store
+from alexnet.distributed import cleanup, init_distributed, resolve_device
 from alexnet.engine import Counts, autocast_context, predict
-
-
-@dataclass
-class Loaded:
-    """A trained model with what it needs at test time: its config, class ids and names, mean image."""
-
-    model: nn.Module
-    config: Config
-    classes: list[str]
-    class_names: list[str]
-    mean: torch.Tensor  # (3, S, S) float32, the training store's mean image
-    path: Path
-
-    def augmenter(self, device: torch.device):
-        from alexnet.data.augment import Augmenter
-
-        # Test time uses only the crops: PCA lighting noise is a training augmentation (Section 4.1).
-        return Augmenter(
-            replace(self.config.data.augment_config(), lighting_std=0.0), self.mean, device=device
-        )
-
-
-def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> Loaded:
-    """Rebuild the network a checkpoint (`latest.pt`, `best.pt`) was trained as and load its weights."""
-    from alexnet.train import build_model
-
-    state = load_checkpoint(path)
-    missing = [k for k in ("model", "config", "classes", "class_names", "mean") if k not in state]
-    if missing:
-        raise ValueError(
-            f"{path} is not a training checkpoint of this package (it lacks {', '.join(missing)})"
-        )
-    config = config_from_dict(state["config"], str(path))
-    model = build_model(config, len(state["classes"]))
-    model.load_state_dict(state["model"])
-    model.to(device).eval()
-    return Loaded(
-        model, config, list(state["classes"]), list(state["class_names"]), state["mean"].float(), Path(path)
-    )
+from alexnet.models.build import Trained, load_trained
+from alexnet.paths import resolve_store
 
 
 def ensemble_probs(
-    models: list[Loaded],
+    models: list[Trained],
     batches,
     device: torch.device,
     ten_crop: bool = False,
@@ -88,7 +49,7 @@ def ensemble_probs(
     return total / len(models), labels
 
 
-def _check_compatible(models: list[Loaded], store) -> None:
+def _check_compatible(models: list[Trained], store: Store) -> None:
     for loaded in models:
         if loaded.classes != list(store.classes):
             raise ValueError(
@@ -119,14 +80,11 @@ def evaluate_checkpoints(
     Returns a dict: checkpoints, split, images, ten_crop, top1_error, top5_error, per_class (list of
     {class, name, images, top1_accuracy, top5_accuracy}). Exact under torchrun (counts summed).
     """
-    from alexnet.data.loader import EvalBatches
-    from alexnet.data.store import Store
-
     info = init_distributed(device)
     try:
         st = Store.open(resolve_store(str(store)))
         split = split or st.eval_split
-        models = [load_model(p, info.device) for p in checkpoints]
+        models = [load_trained(p, info.device) for p in checkpoints]
         _check_compatible(models, st)
         batches = EvalBatches.from_store(
             st,
@@ -175,21 +133,6 @@ def evaluate_checkpoints(
     }
 
 
-def load_images(paths: list[str | os.PathLike], size: int) -> torch.Tensor:
-    """Image files in any format and mode -> uint8 (N, 3, size, size): the paper's test-time path,
-    shorter side scaled to `size` (256) and the centre square cropped (Section 2)."""
-    from alexnet.data.prepare import BadImage, decode_rgb, resize_center_crop
-
-    out = []
-    for p in paths:
-        try:
-            data = Path(p).read_bytes()
-            out.append(resize_center_crop(decode_rgb(data), size))
-        except (OSError, BadImage) as e:
-            raise ValueError(f"cannot read image {p}: {e}") from None
-    return torch.stack(out)
-
-
 def predict_files(
     checkpoints: list[str | os.PathLike],
     images: list[str | os.PathLike],
@@ -202,10 +145,8 @@ def predict_files(
     Several checkpoints average their softmax outputs. Returns one dict per image:
     {"image": path, "predictions": [{"class": id, "name": name, "probability": p}, ...]}.
     """
-    from alexnet.distributed import resolve_device
-
     dev = resolve_device(device)
-    models = [load_model(p, dev) for p in checkpoints]
+    models = [load_trained(p, dev) for p in checkpoints]
     first = models[0]
     for other in models[1:]:
         if other.classes != first.classes or other.mean.shape != first.mean.shape:

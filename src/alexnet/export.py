@@ -19,11 +19,11 @@ import torch
 
 from alexnet.checkpoint import save_weights
 from alexnet.config import config_to_dict
-from alexnet.evaluate import Loaded, load_model
 from alexnet.fsutil import atomic_write
+from alexnet.models.build import Trained, load_trained
 
 
-def _metadata(loaded: Loaded, out: Path) -> dict[str, str]:
+def _metadata(loaded: Trained, out: Path) -> dict[str, str]:
     return {
         "input_mean_file": _mean_path(out).name,
         "model": loaded.config.model.name,
@@ -33,14 +33,14 @@ def _metadata(loaded: Loaded, out: Path) -> dict[str, str]:
     }
 
 
-def export_safetensors(loaded: Loaded, out: Path) -> Path:
+def export_safetensors(loaded: Trained, out: Path) -> Path:
     save_weights(loaded.model.state_dict(), out, _metadata(loaded, out))
     return out
 
 
-def export_onnx(loaded: Loaded, out: Path, opset: int = 17) -> Path:
+def export_onnx(loaded: Trained, out: Path, opset: int = 17) -> Path:
     """Trace the network in eval mode with a dynamic batch dimension (TorchScript-based exporter)."""
-    import onnx
+    import onnx  # optional (the test extra): only this exporter needs it
 
     crop = loaded.config.data.crop
     example = torch.zeros(1, 3, crop, crop)
@@ -73,7 +73,7 @@ def export(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike | Non
     if fmt not in exporters:
         raise ValueError(f"export format {fmt!r} is not one of {', '.join(exporters)}")
     path = Path(out) if out is not None else Path(checkpoint).with_suffix(f".{fmt}")
-    loaded = load_model(checkpoint)
+    loaded = load_trained(checkpoint)
     atomic_write(_mean_path(path), lambda f: np.save(f, loaded.mean.numpy().astype(np.float32)))
     return exporters[fmt](loaded, path)
 

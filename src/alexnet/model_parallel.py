@@ -18,7 +18,10 @@ import copy
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from alexnet.config import RunConfig
+from alexnet.distributed import DistInfo
 from alexnet.models.lrn import LocalResponseNorm, LRNMaxPool
 
 
@@ -127,3 +130,25 @@ class TowerParallel(nn.Module):
         """The weights in the single-device network's layout and keys (for checkpoints and export)."""
         halves = [tw.state_dict() for tw in self.towers]
         return {k: torch.cat([halves[0][k].cpu(), halves[1][k].cpu()], 0) for k in self.source_keys}
+
+
+def place_model(model: nn.Module, run: RunConfig, info: DistInfo) -> tuple[nn.Module, nn.Module]:
+    """Put the model on its device(s): (the module to train, the module whose state is checkpointed).
+
+    `run.model_parallel = 2` splits the towers over two devices; under torchrun the module to train is
+    wrapped in DistributedDataParallel.
+    """
+    raw: nn.Module = TowerParallel(model, tower_devices(info.device)) if run.model_parallel == 2 else model.to(
+        info.device
+    )
+    if run.channels_last:
+        raw = raw.to(memory_format=torch.channels_last)
+    if info.world_size == 1:
+        return raw, raw
+    one_device = info.device.type == "cuda" and run.model_parallel == 1
+    return DistributedDataParallel(raw, device_ids=[info.device] if one_device else None), raw
+
+
+def single_state_dict(raw: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights in the single-device layout, whatever the placement (what checkpoints hold)."""
+    return raw.single_state_dict() if isinstance(raw, TowerParallel) else raw.state_dict()

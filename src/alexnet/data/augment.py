@@ -11,7 +11,7 @@ All arithmetic is done once, in float32, fused into as few passes as possible:
 ``out = (x - mean_window) * scale + offset``, where ``offset`` folds the lighting, the
 per-channel shift and the scale into one (3,) vector per image.
 
-Randomness comes from a ``torch.Generator`` on the augmenter's device; :func:`batch_generator`
+Randomness comes from a ``torch.Generator`` on the augmenter's device; :func:`alexnet.seeding.batch_generator`
 derives one from (seed, epoch, batch index), so a resumed run redoes exactly the same batches.
 
 Deviation from the paper, by config only: ``normalize="channel"`` uses torchvision's ImageNet
@@ -22,16 +22,11 @@ result (the paper uses 1.0, raw 0..255 minus the mean); ``lighting_std=0`` turns
 
 from __future__ import annotations
 
-import contextlib
-import typing
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Literal
-
 import numpy as np
 import torch
 
-Normalize = Literal["mean_image", "channel", "none"]
+from alexnet.config import AugmentConfig
+from alexnet.threads import one_intraop_thread
 
 # torchvision's ImageNet statistics on the 0..1 scale, used by normalize="channel".
 CHANNEL_MEAN = (0.485, 0.456, 0.406)
@@ -59,51 +54,6 @@ TEN_CROP_ORDER = (
 # illumination" change the paper describes. So the offset in 0..255 units is P (a * l_255) / 255.
 LIGHTING_PIXEL_SCALE = 255.0
 
-# Keeps the augmentation stream independent of the loader's shuffle stream for the same seed.
-_AUGMENT_STREAM = 1
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Augmentation settings; defaults are the paper's (Section 4.1)."""
-
-    crop: int = 224
-    random_crop: bool = True
-    flip: bool = True
-    lighting_std: float = 0.1
-    normalize: Normalize = "mean_image"
-    input_scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.crop < 1:
-            raise ValueError(f"crop {self.crop} must be a positive number of pixels")
-        if self.lighting_std < 0:
-            raise ValueError(f"lighting_std {self.lighting_std} must be >= 0 (0 turns lighting off)")
-        if self.normalize not in typing.get_args(Normalize):
-            raise ValueError(f"normalize {self.normalize!r} must be 'mean_image', 'channel' or 'none'")
-        if self.input_scale <= 0:
-            raise ValueError(f"input_scale {self.input_scale} must be > 0 (1.0 is the paper's raw scale)")
-
-
-def seed_int(*numbers: int) -> int:
-    """A well-mixed 63-bit seed from non-negative integers (numpy's SeedSequence hash)."""
-    if any(n < 0 for n in numbers):
-        raise ValueError(f"seed components {numbers} must be non-negative integers")
-    return int(np.random.SeedSequence(list(numbers)).generate_state(1, np.uint64)[0] >> 1)
-
-
-def batch_generator(
-    seed: int, epoch: int, batch_idx: int, device: torch.device | str = "cpu", rank: int = 0
-) -> torch.Generator:
-    """The generator for one training batch, a pure function of its arguments.
-
-    ``rank`` keeps the data-parallel ranks' draws independent; resuming at (epoch, batch_idx)
-    needs no saved generator state.
-    """
-    gen = torch.Generator(device=torch.device(device))
-    gen.manual_seed(seed_int(seed, epoch, batch_idx, rank, _AUGMENT_STREAM))
-    return gen
-
 
 def _as_float(value: object, device: torch.device, shape: tuple[int, ...], name: str) -> torch.Tensor:
     tensor = torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value)
@@ -111,21 +61,6 @@ def _as_float(value: object, device: torch.device, shape: tuple[int, ...], name:
     if tuple(tensor.shape) != shape:
         raise ValueError(f"{name} has shape {tuple(tensor.shape)}; expected {shape}")
     return tensor
-
-
-@contextlib.contextmanager
-def one_intraop_thread() -> Iterator[None]:
-    """Run torch CPU ops on one intra-op thread inside the block; the previous count is restored.
-
-    For many small copies: on the shared 2-core machine a two-thread OpenMP region stalls for
-    up to hundreds of milliseconds whenever another process holds one core (PERF.md, input pipeline).
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _windows(t: torch.Tensor, crop: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Training and evaluation batches of uint8 images from a prepared store (DESIGN.md, data/loader.py).
+"""Training and evaluation batches of uint8 images from a prepared store.
 
 Batches leave here as uint8 (B,3,S,S) on the training device, with int64 labels; augmentation
 (:mod:`alexnet.data.augment`) runs on the device afterwards.
@@ -32,9 +32,8 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import torch
 
-from alexnet.data.augment import one_intraop_thread, seed_int
-
-_SHUFFLE_STREAM = 0
+from alexnet.seeding import shuffle_generator
+from alexnet.threads import one_intraop_thread
 
 
 class _Store(Protocol):
@@ -55,8 +54,7 @@ _Batches = TypeVar("_Batches", "TrainBatches", "EvalBatches")
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     """Epoch ``epoch``'s shuffle: a CPU int64 permutation of ``range(n)``, a function of (seed, epoch)."""
-    gen = torch.Generator().manual_seed(seed_int(seed, epoch, _SHUFFLE_STREAM))
-    return torch.randperm(n, generator=gen)
+    return torch.randperm(n, generator=shuffle_generator(seed, epoch))
 
 
 def _as_labels(labels: np.ndarray | torch.Tensor, n: int) -> torch.Tensor:

@@ -13,7 +13,6 @@ written last; the ``.work`` folder is removed after it.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import multiprocessing
@@ -28,126 +27,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
-from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms.v2 import functional as F
+from PIL import Image
 from tqdm import tqdm
 
 from alexnet.data import labels as labels_mod
-from alexnet.data.sources import Entry, Payload, Source, open_source
+from alexnet.data.decode import DEFAULT_MAX_PIXELS, decode_rgb, resize_center_crop
+from alexnet.data.sources import Entry, Source, open_source
 from alexnet.data.store import (
     ENCODINGS,
     SPLIT_ORDER,
     STORE_VERSION,
-    DataError,
     atomic_write,
-    quiet_torchvision_io,
     write_json,
     write_npy,
     write_shard,
 )
+from alexnet.errors import BadImage, DataError
 from alexnet.fsutil import remove_temporaries
+from alexnet.paths import resolve_source
 
-DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's own decompression-bomb limit
 DEFAULT_SHARD_SIZE = 1024
-_ARCHIVE_SUFFIXES = ("", ".tar.gz", ".tgz", ".tar", ".zip")
-
-
-class BadImage(ValueError):
-    """An input file that cannot become an image; the message is the reason reported for it."""
-
-
-def data_root() -> Path:
-    return Path(os.environ.get("ALEXNET_DATA", "~/.cache/alexnet")).expanduser()
-
-
-def resolve_source(source: str | os.PathLike) -> Path:
-    """A path as given, or a bare name looked up under $ALEXNET_DATA with the usual archive suffixes."""
-    path = Path(source).expanduser()
-    if path.exists():
-        return path
-    root = data_root()
-    tried = [path]
-    if len(path.parts) == 1:
-        for suffix in _ARCHIVE_SUFFIXES:
-            candidate = root / f"{source}{suffix}"
-            if candidate.exists():
-                return candidate
-            tried.append(candidate)
-    raise FileNotFoundError(
-        f"data set {str(source)!r} not found; looked at: {', '.join(map(str, tried))}. "
-        f"Download it (for example "
-        f"imagenette2-224.tgz from https://github.com/fastai/imagenette) into ALEXNET_DATA={root} "
-        f"(set ALEXNET_DATA to change it) or pass the path of a folder or archive"
-    )
-
-
-def _pil_to_rgb(im: Image.Image) -> np.ndarray:
-    """Any Pillow mode to HWC uint8 RGB; 16-bit greyscale is scaled, not clipped."""
-    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        grey = (np.clip(np.asarray(im, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2)
-    if im.mode == "F":
-        grey = np.clip(np.asarray(im), 0, 255).astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2)
-    if im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
-    return np.asarray(im.convert("RGB"))
-
-
-def decode_rgb(data: Payload, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
-    """Decode image bytes in any format and mode to a uint8 RGB tensor (3, H, W).
-
-    JPEGs in RGB or greyscale take torchvision's decoder; every other format and mode (CMYK, RGBA, palette,
-    16-bit, a PNG named .JPEG) goes through Pillow. Raises BadImage with the reason for anything else.
-    """
-    if isinstance(data, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(data.transpose(2, 0, 1)))
-    if len(data) == 0:
-        raise BadImage("empty file")
-    try:
-        im = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise BadImage("not an image (no known image format)") from None
-    except Image.DecompressionBombError as e:
-        raise BadImage(f"decompression bomb: {e}") from None
-    except Exception as e:
-        raise BadImage(f"unreadable image header: {e}") from None
-    width, height = im.size
-    if width * height > max_pixels:
-        raise BadImage(
-            f"declares {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
-            f"(a decompression-bomb guard; raise --max-pixels to keep it)"
-        )
-    if width == 0 or height == 0:
-        raise BadImage(f"declares an empty {width}x{height} image")
-    if im.format == "JPEG" and im.mode in ("RGB", "L"):
-        try:
-            with quiet_torchvision_io():
-                return decode_jpeg(
-                    torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB
-                )
-        except RuntimeError as e:
-            raise BadImage(f"corrupt JPEG: {str(e).rsplit(', ', 1)[-1]}") from None
-    try:
-        im.load()
-        rgb = _pil_to_rgb(im)
-    except Exception as e:
-        raise BadImage(f"corrupt {im.format} image: {e}") from None
-    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
-
-
-def resize_center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Scale the shorter side to `size` (antialiased bilinear) and crop the central size x size square."""
-    _, h, w = image.shape
-    if h <= w:
-        new_h, new_w = size, int(size * w / h)
-    else:
-        new_h, new_w = int(size * h / w), size
-    if (new_h, new_w) != (h, w):
-        image = F.resize(image, [new_h, new_w], antialias=True)
-    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
-    return image[:, top : top + size, left : left + size]
 
 
 def _init_worker(max_pixels: int) -> None:

@@ -32,7 +32,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from alexnet.data.store import DataError
+from alexnet.data.decode import Payload
+from alexnet.errors import DataError
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -49,7 +50,6 @@ _ILSVRC_TAR = re.compile(r"ILSVRC2012_img_(train|val)\.tar")
 _ILSVRC_VAL = re.compile(r"ILSVRC2012_val_(\d{8})")
 _DEVKIT = "ILSVRC2012_devkit_t12"
 
-Payload = bytes | np.ndarray  # encoded image bytes, or already-decoded HWC uint8 pixels (CIFAR batches)
 
 
 @dataclass(frozen=True, order=True, slots=True)

@@ -17,12 +17,10 @@ sees half a file.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -31,6 +29,8 @@ import torch
 from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
 from alexnet import fsutil
+from alexnet.data.decode import quiet_torchvision_io
+from alexnet.errors import DataError
 
 STORE_VERSION = 1
 ENCODINGS = ("raw", "jpeg")
@@ -38,20 +38,6 @@ JPEG_QUALITY = 95
 SPLIT_ORDER = ("train", "val", "test")
 _SUFFIX = {"raw": ".npy", "jpeg": ".jpeg"}
 _DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
-
-
-@contextlib.contextmanager
-def quiet_torchvision_io() -> Iterator[None]:
-    """Silence torchvision 0.29's per-call deprecation notice on decode_jpeg/encode_jpeg."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message="The image decoding and encoding capabilities of TorchVision"
-        )
-        yield
-
-
-class DataError(RuntimeError):
-    """A problem with the input data or the output folder; the message names the path and the fix."""
 
 
 def shard_path(root: Path, split: str, index: int, encoding: str) -> Path:

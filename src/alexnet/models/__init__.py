@@ -2,7 +2,7 @@
 
 from alexnet.models.alexnet import AlexNet, AlexNetConfig, ConvSpec
 from alexnet.models.lrn import LocalResponseNorm, local_response_norm
-from alexnet.models.registry import create_model, describe_model, list_models, model_config
+from alexnet.models.registry import create_model, list_models, model_config
 
 __all__ = [
     "AlexNet",
@@ -10,7 +10,6 @@ __all__ = [
     "ConvSpec",
     "LocalResponseNorm",
     "create_model",
-    "describe_model",
     "list_models",
     "local_response_norm",
     "model_config",

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from alexnet.models.conv import TowerConv2d
-from alexnet.models.lrn import LocalResponseNorm, LRNMaxPool
+from alexnet.models.lrn import PAPER_LRN, LocalResponseNorm, LRNMaxPool, LRNParams
 
 INITS = ("paper", "cuda-convnet", "kaiming")
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
@@ -78,10 +78,7 @@ class AlexNetConfig:
     activation: str = "relu"
     towers: int = 2  # the kernel maps of every layer are split into this many towers ("GPUs")
     lrn: bool = True  # False removes both LRN layers (the "no LRN" ablation)
-    lrn_size: int = 5
-    lrn_alpha: float = 1e-4
-    lrn_beta: float = 0.75
-    lrn_k: float = 2.0
+    lrn_params: LRNParams = PAPER_LRN
     pool_kernel: int = 3  # z
     pool_stride: int = 2  # s; z = s = 2 is the non-overlapping ablation
     dropout: float = 0.5
@@ -131,6 +128,8 @@ class AlexNet(nn.Module):
         self.blocks: list[str] = []
         in_channels = 3
         specs = cfg.convs + ((cfg.extra_conv,) if cfg.extra_conv is not None else ())
+        p = cfg.lrn_params
+        lrn = (p.size, p.alpha, p.beta, p.k)
         for spec in specs:
             # conv1's towers both read the image; on the CPU its weight gradient is faster per tower.
             per_tower = cfg.towers == 2 and in_channels == 3 and spec.groups == 1
@@ -138,7 +137,6 @@ class AlexNet(nn.Module):
                 in_channels, spec.out_channels, spec.kernel, spec.stride, spec.padding, groups=spec.groups
             )
             setattr(self, spec.name, conv)
-            lrn = (cfg.lrn_size, cfg.lrn_alpha, cfg.lrn_beta, cfg.lrn_k)
             layers: list[nn.Module] = [] if fuse_relu and spec.lrn and cfg.lrn else [act()]
             if spec.lrn and cfg.lrn and spec.pool:
                 layers.append(LRNMaxPool(*lrn, relu=fuse_relu, pool_kernel=cfg.pool_kernel,

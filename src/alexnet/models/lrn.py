@@ -25,11 +25,26 @@ import logging
 import os
 import platform
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+@dataclass(frozen=True)
+class LRNParams:
+    """The constants of the normalisation: window ``size`` (n), ``alpha``, ``beta`` and ``k``."""
+
+    size: int = 5
+    alpha: float = 1e-4
+    beta: float = 0.75
+    k: float = 2.0
+
+
+# Section 3.3: "k = 2, n = 5, alpha = 10^-4, and beta = 0.75". Every default below refers to this one value.
+PAPER_LRN = LRNParams()
 
 _SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "lrn.cpp"
 
@@ -160,10 +175,10 @@ class _CppLRN(torch.autograd.Function):
 
 def local_response_norm(
     x: torch.Tensor,
-    size: int = 5,
-    alpha: float = 1e-4,
-    beta: float = 0.75,
-    k: float = 2.0,
+    size: int = PAPER_LRN.size,
+    alpha: float = PAPER_LRN.alpha,
+    beta: float = PAPER_LRN.beta,
+    k: float = PAPER_LRN.k,
     relu: bool = False,
     backend: str = "auto",
     groups: int = 1,
@@ -235,10 +250,10 @@ def _check_args(x: torch.Tensor, size: int) -> None:
 
 def lrn_max_pool(
     x: torch.Tensor,
-    size: int = 5,
-    alpha: float = 1e-4,
-    beta: float = 0.75,
-    k: float = 2.0,
+    size: int = PAPER_LRN.size,
+    alpha: float = PAPER_LRN.alpha,
+    beta: float = PAPER_LRN.beta,
+    k: float = PAPER_LRN.k,
     relu: bool = True,
     pool_kernel: int = 3,
     pool_stride: int = 2,
@@ -272,7 +287,8 @@ class LocalResponseNorm(nn.Module):
         groups: number of towers the channels are split into; each is normalised on its own.
     """
 
-    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
+    def __init__(self, size: int = PAPER_LRN.size, alpha: float = PAPER_LRN.alpha,
+                 beta: float = PAPER_LRN.beta, k: float = PAPER_LRN.k,
                  relu: bool = False, groups: int = 1) -> None:
         super().__init__()
         _check_size(size)
@@ -287,10 +303,9 @@ class LocalResponseNorm(nn.Module):
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}{relu}{groups}"
 
 
-def torch_reference_lrn(x: torch.Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
-                        k: float = 2.0) -> torch.Tensor:
+def torch_reference_lrn(x: torch.Tensor, p: LRNParams = PAPER_LRN) -> torch.Tensor:
     """torch.nn.functional's LRN set to the paper's formula (alpha multiplied by n): for comparisons."""
-    return F.local_response_norm(x, size, alpha * size, beta, k)
+    return F.local_response_norm(x, p.size, p.alpha * p.size, p.beta, p.k)
 
 
 class LRNMaxPool(nn.Module):
@@ -300,7 +315,8 @@ class LRNMaxPool(nn.Module):
     one fused kernel does all three without materialising the normalised maps.
     """
 
-    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
+    def __init__(self, size: int = PAPER_LRN.size, alpha: float = PAPER_LRN.alpha,
+                 beta: float = PAPER_LRN.beta, k: float = PAPER_LRN.k,
                  relu: bool = True, pool_kernel: int = 3, pool_stride: int = 2, groups: int = 1) -> None:
         super().__init__()
         _check_size(size)

@@ -71,12 +71,6 @@ def list_models() -> list[str]:
     return [*_PAPER_VARIANTS, *_OTHER]
 
 
-def describe_model(name: str) -> str:
-    """One line on what ``name`` is."""
-    _check(name)
-    return (_PAPER_VARIANTS.get(name) or _OTHER[name])[0]
-
-
 def model_config(name: str, num_classes: int = 1000, **overrides) -> AlexNetConfig:
     """The AlexNetConfig of a paper-family model name, with overrides applied."""
     _check(name)

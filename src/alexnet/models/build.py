@@ -1,0 +1,114 @@
+"""From a config or a checkpoint to a network: building, loading trained weights, fine-tune surgery.
+
+Everything that turns a `ModelConfig` (or a checkpoint) into an `nn.Module` lives here, beside the
+registry, so that evaluation, prediction, export and the analyses load a network without importing
+the training code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from alexnet.checkpoint import TrainingState, load_weights
+from alexnet.config import Config, ModelConfig, config_from_dict
+from alexnet.data.augment import Augmenter
+from alexnet.errors import CheckpointError
+from alexnet.models.alexnet import INITS
+from alexnet.models.registry import create_model, list_models
+
+
+def check_model_config(m: ModelConfig) -> None:
+    """Refuse a model name or init the registry does not know, naming the valid ones."""
+    if m.name not in list_models():
+        raise ValueError(f"model.name = {m.name!r} is not a registered model; choose one of: "
+                         + ", ".join(list_models()))
+    if m.init not in INITS:
+        raise ValueError(f"model.init = {m.init!r} is not one of {', '.join(map(repr, INITS))}")
+
+
+def build_model(m: ModelConfig) -> nn.Module:
+    """The configured network (`alexnet.models.create_model`); `m.num_classes` must be resolved."""
+    check_model_config(m)
+    if m.num_classes is None:
+        raise ValueError("model.num_classes is not resolved: take it from the store (Config.with_num_classes)")
+    overrides: dict = {"input_size": m.input_size, "dropout": m.dropout}
+    if m.init != "paper":  # only the paper family takes an init; its default is "paper"
+        overrides["init"] = m.init
+    return create_model(m.name, m.num_classes, **overrides)
+
+
+def classifier_name(model: nn.Module) -> str:
+    """The name of the last fully connected layer (fc8 for the paper's net): the one fine-tuning replaces."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no fully connected layer to replace")
+    return names[-1]
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The model weights of a checkpoint (.pt) or a weights file (.safetensors)."""
+    path = Path(path)
+    return load_weights(path)[0] if path.suffix == ".safetensors" else TrainingState.load(path).model
+
+
+def read_trained_config(path: str | os.PathLike) -> Config:
+    """The resolved config a checkpoint (.pt) or an exported weights file (.safetensors) was trained with."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return TrainingState.load(path).config
+    metadata = load_weights(path)[1]
+    if "config" not in metadata:
+        raise CheckpointError(f"{path} carries no training config in its metadata (not written by alexnet export)")
+    return config_from_dict(json.loads(metadata["config"]), str(path))
+
+
+def load_pretrained(model: nn.Module, path: str | os.PathLike) -> list[str]:
+    """Load every weight of a checkpoint or weights file except the classifier's, which keeps its fresh
+    initialisation (the paper's pre-train-then-fine-tune "CNN*" rows, Section 6).
+    Returns the names of the parameters left initialised."""
+    state = read_weights(path)
+    head = classifier_name(model)
+    kept = {k: v for k, v in state.items() if not k.startswith(head + ".")}
+    missing, unexpected = model.load_state_dict(kept, strict=False)
+    expected = {f"{head}.weight", f"{head}.bias"}
+    if unexpected or set(missing) - expected:
+        raise ValueError(
+            f"{path} does not match the model: missing {sorted(set(missing) - expected)}, unexpected "
+            f"{sorted(unexpected)}; fine-tune from a checkpoint of the same architecture (model.name)"
+        )
+    return sorted(missing)
+
+
+@dataclass
+class Trained:
+    """A trained network with what it needs at test time: its config, class ids and names, mean image."""
+
+    model: nn.Module
+    config: Config
+    classes: list[str]
+    class_names: list[str]
+    mean: torch.Tensor  # (3, S, S) float32, the training store's mean image
+    path: Path
+
+    def augmenter(self, device: torch.device) -> Augmenter:
+        """Test-time views (centre crop, ten crops) normalised as in training. PCA lighting noise is a
+        training augmentation only (Section 4.1), so it is off here."""
+        return Augmenter(replace(self.config.data, lighting_std=0.0), self.mean, device=device)
+
+
+def load_trained(path: str | os.PathLike, device: torch.device | str = "cpu") -> Trained:
+    """Rebuild the network a checkpoint (`latest.pt`, `best.pt`) was trained as and load its weights."""
+    state = TrainingState.load(path)
+    model = build_model(state.config.model)
+    try:
+        model.load_state_dict(state.model)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: the weights do not fit {state.config.model.name}: {e}") from None
+    model.to(device).eval()
+    return Trained(model, state.config, state.classes, state.class_names, state.mean, Path(path))

@@ -1,0 +1,128 @@
+"""A run is a folder; this module knows its layout and writes its logs.
+
+    RUN/config.toml                 the resolved config
+    RUN/checkpoints/latest.pt       everything needed to continue exactly (`alexnet.checkpoint.TrainingState`)
+    RUN/checkpoints/best.pt         the model with the lowest validation top-1 error so far
+    RUN/metrics.jsonl               one JSON line per epoch
+    RUN/curves.png                  loss and error curves, redrawn every epoch
+    RUN/tensorboard/                TensorBoard events
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from alexnet.fsutil import atomic_write
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def latest(self) -> Path:
+        return self.checkpoints / "latest.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / "best.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def plot(self) -> Path:
+        return self.root / "curves.png"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+
+def write_metrics(path: Path, metrics: list[dict]) -> None:
+    # Rewritten whole from the checkpoint's list each time, so a crash between the two never leaves
+    # a duplicated or missing line.
+    atomic_write(path, lambda f: f.write("".join(json.dumps(m) + "\n" for m in metrics).encode()))
+
+
+def plot_curves(metrics: list[dict], path: Path) -> None:
+    """Training loss, training error and validation top-1 / top-5 error against epochs, as a PNG."""
+    import matplotlib  # heavy (about a second with its font cache): imported only when a plot is drawn
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [m["epoch"] for m in metrics]
+    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [m["train_loss"] for m in metrics], marker="o")
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss")
+    for key, label in (
+        ("train_error", "train top-1"),
+        ("val_top1_error", "val top-1"),
+        ("val_top5_error", "val top-5"),
+    ):
+        ax_err.plot(epochs, [100 * m[key] for m in metrics], marker="o", label=label)
+    ax_err.set(xlabel="epoch", ylabel="error (%)", title="error", ylim=(0, 100))
+    ax_err.legend()
+    fig.tight_layout()
+
+    def write(f) -> None:
+        fig.savefig(f, format="png", dpi=90)
+
+    atomic_write(path, write)
+    plt.close(fig)
+
+
+class RunLogger:
+    """Rank 0's outputs of an epoch: metrics.jsonl, TensorBoard, the PNG and one printed line."""
+
+    def __init__(self, paths: RunPaths, epochs_done: int, enabled: bool):
+        self.paths = paths
+        self.enabled = enabled
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter  # heavy; only rank 0 writes events
+
+            # purge_step drops events a killed run wrote after its checkpoint
+            self.writer = SummaryWriter(str(paths.tensorboard), purge_step=epochs_done + 1)
+
+    def epoch(self, record: dict, metrics: list[dict], epochs: int) -> None:
+        if not self.enabled:
+            return
+        write_metrics(self.paths.metrics, metrics)
+        step = math.ceil(record["epoch"])
+        for key in ("train_loss", "train_error", "val_top1_error", "val_top5_error", "lr", "images_per_s"):
+            self.writer.add_scalar(key, record[key], step)
+        self.writer.flush()
+        plot_curves(metrics, self.paths.plot)
+        print(
+            f"epoch {record['epoch']:g}/{epochs}  train loss {record['train_loss']:.4f} "
+            f"error {100 * record['train_error']:.2f}%  |  val top-1 {100 * record['val_top1_error']:.2f}% "
+            f"top-5 {100 * record['val_top5_error']:.2f}%  |  lr {record['lr']:.3g}  "
+            f"{record['images_per_s']:.1f} img/s  {record['wall_time_s'] / 60:.1f} min",
+            flush=True,
+        )
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
