@@ -9,10 +9,10 @@ One run on the same Imagenette training images (issue: "feed it fast"):
 - theirs: ``ImageFolder`` on the original JPEGs with Resize(256) + RandomCrop(224) +
   RandomHorizontalFlip + ToTensor + Normalize, ``DataLoader`` with the same number of workers.
 
-Targets: ours >= 3x theirs, and >= 4x the model's training rate (``--model-rate``; PERF.md measured
-the paper net training at about 40 img/s fp32 on this 2-core machine), so data never waits.
+Targets: ours >= 3x theirs, and >= 4x the model's training rate (``--model-rate``; the paper net trained
+at about 40 img/s fp32 on the 2-core development machine, docs/performance.md), so data never waits.
 
-Run as ``make`` runs Python, with jemalloc preloaded (PERF.md), e.g.::
+Run as ``make`` runs Python, with jemalloc preloaded when installed (docs/performance.md), e.g.::
 
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 .venv/bin/python benchmarks/data_pipeline.py \\
         --store /tmp/stores/imagenette
@@ -31,12 +31,14 @@ from pathlib import Path
 
 import torch
 
-from alexnet.data.augment import AugmentConfig, Augmenter, batch_generator
+from alexnet.config import AugmentConfig
+from alexnet.data.augment import Augmenter
 from alexnet.data.loader import TrainBatches
 from alexnet.data.store import Store
+from alexnet.seeding import batch_generator
 
 DEFAULT_ARCHIVE = Path(os.environ.get("ALEXNET_DATA", "../shared/data")) / "imagenette2-224.tar.gz"
-PAPER_NET_RATE = 40.0  # img/s, paper net training fp32 on the 2-core CPU (PERF.md)
+PAPER_NET_RATE = 40.0  # img/s, paper net training fp32 on the 2-core CPU (docs/performance.md)
 
 
 def extract_train(archive: Path, dest: Path) -> Path:
@@ -162,7 +164,7 @@ def main() -> int:
             f"  = {result['ratio_vs_torchvision'][mode]:.1f}x torchvision (target 3x),"
             f" {result['ratio_vs_model'][mode]:.1f}x model {args.model_rate:.0f} img/s (target 4x)"
         )
-    print(f"  model rate {args.model_rate:.0f} img/s (the paper net trains at ~40 img/s fp32 here, PERF.md)")
+    print(f"  model rate {args.model_rate:.0f} img/s (the paper net trained at ~40 img/s fp32 when measured)")
     print(f"  targets met: {result['targets_met']}; jemalloc preloaded: {result['jemalloc']}")
     return 0
 

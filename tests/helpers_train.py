@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 import torch
+from PIL import Image
 
 from alexnet.checkpoint import TrainingState
 from alexnet.config import Config, load_config, save_config

@@ -10,8 +10,8 @@ from PIL import Image
 
 from alexnet.data.store import Store
 from alexnet.evaluate import ensemble_probs, evaluate_checkpoints, predict_files
-from alexnet.models.build import load_trained
 from alexnet.models import create_model
+from alexnet.models.build import load_trained
 from helpers_train import CLASSES, alexnet_cmd, make_store, save_trained, tiny_config
 
 # More than five classes, so that top-5 is not every image's hit (with k = min(5, classes)).

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from alexnet.config import config_to_dict, load_config
+from alexnet.checkpoint import load_checkpoint, load_weights
+from alexnet.config import load_config
 from alexnet.export import export
 from alexnet.models import create_model
 from helpers_train import save_trained

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet.errors import DataError
 from alexnet.data.store import (
     ShardedImages,
     Store,
@@ -20,6 +19,7 @@ from alexnet.data.store import (
     write_json,
     write_shard,
 )
+from alexnet.errors import DataError
 
 
 def _write_store(root, encoding: str, counts=(3, 0, 4, 2), size: int = 8) -> np.ndarray:

@@ -3,7 +3,6 @@
 import json
 import signal
 import subprocess
-from dataclasses import replace
 
 import pytest
 import torch

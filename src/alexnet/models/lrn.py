@@ -59,7 +59,7 @@ def cpp_kernel_available() -> bool:
         return False
     # The builder logs a CUDA warning on CPU-only machines that says nothing about this kernel.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    from torch.utils import cpp_extension
+    from torch.utils import cpp_extension  # heavy (setuptools, ninja lookups): only when the kernel is built
 
     # -march=native: the build is cached per machine; the CPU's name is part of the cache key.
     key = hashlib.sha256(_SOURCE.read_bytes() + platform.processor().encode() + _cpu_model().encode())
