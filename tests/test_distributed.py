@@ -105,6 +105,7 @@ def _grads(module):
     return {k: p.grad for k, p in module.named_parameters()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["alexnet_nolrn", "alexnet"])
 def test_two_towers_on_two_devices_equal_the_single_device_network(name):
     """Section 3.2 / Figure 2: the same outputs and gradients, each device holding half of every layer."""

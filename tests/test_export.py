@@ -51,7 +51,7 @@ def test_safetensors_rebuilds_the_network(tmp_path):
     np.testing.assert_array_equal(mean, load_checkpoint(path)["mean"].numpy())
 
 
-@pytest.mark.parametrize(("name", "size"), [("cifar_relu", 32), ("alexnet", 224)])
+@pytest.mark.parametrize(("name", "size"), [("cifar_relu", 32), pytest.param("alexnet", 224, marks=pytest.mark.slow)])
 def test_onnx_matches_pytorch_under_onnxruntime(tmp_path, name, size):
     import onnx
     import onnxruntime

@@ -173,6 +173,7 @@ def data_resume_source(tmp_path_factory, data_good_images, data_write_tree) -> P
     return data_write_tree(tree, tmp_path_factory.mktemp("resume") / "src")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("encoding", "kill_at"), [("raw", 2), ("raw", 5), ("raw", 8), ("jpeg", 4)])
 def test_killed_prepare_resumes_to_an_identical_store(tmp_path, data_resume_source, encoding, kill_at):
     reference = tmp_path / "reference"
@@ -198,6 +199,7 @@ def _limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
 
 
+@pytest.mark.slow
 def test_disk_full_during_prepare_is_clear_and_resumable(tmp_path, data_resume_source):
     out = tmp_path / "store"
     cmd = [sys.executable, "-m", "alexnet", "prepare", str(data_resume_source), "--out", str(out),

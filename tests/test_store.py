@@ -115,6 +115,7 @@ def test_atomic_write_leaves_old_file_when_writer_fails(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
 
 
+@pytest.mark.slow
 def test_disk_full_during_shard_write_is_clear_and_leaves_nothing(tmp_path):
     script = textwrap.dedent(
         f"""

@@ -173,6 +173,7 @@ def test_demo_stops_after_an_interrupted_fit(tmp_path, monkeypatch, capsys):
     assert "interrupted by signal 2" in err and f"alexnet train --resume --run-dir {run}" in err
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_loadable_checkpoint_and_exits_cleanly(store, tmp_path):
     config = write_config(
         tiny_config(store, "run.epochs=50", "run.checkpoint_every_steps=1"), tmp_path / "c.toml"
@@ -215,6 +216,7 @@ def test_finetune_on_another_label_set(reference, tmp_path):
     assert state["class_names"] == ["French horn", "garbage truck", "gas pump"]
 
 
+@pytest.mark.slow
 def test_model_parallel_run_matches_the_single_device_run_and_checkpoints_its_layout(tmp_path):
     """`--model-parallel 2` on two CPU "devices": the losses of one device; checkpoints in its layout."""
     big = make_store(tmp_path, n_train=2, n_val=1, size=228)
@@ -239,6 +241,7 @@ def test_model_parallel_run_matches_the_single_device_run_and_checkpoints_its_la
         torch.testing.assert_close(runs[2]["model"][k], v, rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_demo_without_imagenette_explains_how_to_get_it_and_exits_2(tmp_path):
     env = {**env_one_thread(), "ALEXNET_DATA": str(tmp_path), "ALEXNET_CACHE": str(tmp_path / "cache")}
     out = subprocess.run(alexnet_cmd("demo"), env=env, capture_output=True, text=True, timeout=120)
