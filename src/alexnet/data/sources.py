@@ -25,7 +25,7 @@ import re
 import tarfile
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from alexnet.data.containers import (
@@ -44,21 +44,28 @@ _SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": 
 _ILSVRC_TAR = re.compile(r"ILSVRC2012_img_(train|val)\.tar")
 _ILSVRC_VAL = re.compile(r"ILSVRC2012_val_(\d{8})")
 _DEVKIT = "ILSVRC2012_devkit_t12"
-
+_NAMES_FILE = "words.txt"  # "wnid<TAB>name, other name" per line, as Tiny ImageNet and ImageNet-21k ship it
+_UNLABELED_FOLDER = "images"  # a split holding only images/ (Tiny ImageNet's test/) has no labels
 
 
 @dataclass
 class Source:
-    """Sorted labelled entries of a data set plus the containers they are read from."""
+    """Sorted labelled entries of a data set plus the containers they are read from.
+
+    The classes are those of the training split (every class of a source without one); `names` holds
+    the human names a data set ships for its class ids (``words.txt``), if any.
+    """
 
     path: Path
     parts: list[Container]
     entries: list[Entry]
     problems: list[tuple[str, str]]
+    names: dict[str, str] = field(default_factory=dict)
 
     @property
     def classes(self) -> list[str]:
-        return sorted({e.label for e in self.entries})
+        train = {e.label for e in self.entries if e.split == "train"}
+        return sorted(train or {e.label for e in self.entries})
 
     @property
     def splits(self) -> list[str]:
@@ -173,6 +180,7 @@ class _Lister:
         self.external_labels = external_labels
         self.entries: list[Entry] = []
         self.problems: list[tuple[str, str]] = list(container.problems)
+        self.names: dict[str, str] = {}
 
     def list(self, default_split: str) -> None:
         prefix = _strip_wrapper(list(self.c.files))
@@ -185,6 +193,8 @@ class _Lister:
             top, _, rest = rel.partition("/")
             if split_dirs and top in split_dirs:
                 by_split[top][rest] = full
+            elif rel == _NAMES_FILE:
+                self.names = _parse_names(self._text(full))
             elif split_dirs:
                 self.problems.append((full, "outside the split folders (train/, val/, test/); not used"))
             else:
@@ -203,6 +213,12 @@ class _Lister:
             labels = _parse_label_table(self._text(files[annotations[0]]), files[annotations[0]])
             files = {k: v for k, v in files.items() if k != annotations[0]}
         flat = [f for f in files if "/" not in f]
+        if labels is None and split != "train" and {f.split("/", 1)[0] for f in files} == {_UNLABELED_FOLDER}:
+            self.problems.append((
+                f"{top}/{_UNLABELED_FOLDER}/".lstrip("/"),
+                f"unlabeled split ({len(files)} files, no class folders or annotations): not stored",
+            ))
+            return
         if labels is None and flat and len(flat) == len(files):
             hint = (
                 "put the ILSVRC2012 devkit (or a csv 'image,synset' named *val*.csv) beside it"
@@ -233,6 +249,31 @@ class _Lister:
         return self.c.read(self.c.files[path]).decode("utf-8", errors="replace")
 
 
+def _parse_names(text: str) -> dict[str, str]:
+    """``words.txt``: class id -> its first name ("n01443537<TAB>goldfish, Carassius auratus" -> goldfish)."""
+    names = {}
+    for line in text.splitlines():
+        class_id, _, name = line.partition("\t")
+        if class_id.strip() and name.strip():
+            names[class_id.strip()] = name.split(",")[0].strip()
+    return names
+
+
+def _check_eval_classes(entries: list[Entry], path: Path) -> None:
+    """Every class of a validation or test split must be a training class: indices come from training."""
+    train = {e.label for e in entries if e.split == "train"}
+    if not train:
+        return
+    for split in ("val", "test"):
+        absent = sorted({e.label for e in entries if e.split == split} - train)
+        if absent:
+            raise DataError(
+                f"split {split!r} of {path} has class(es) the train split lacks: {', '.join(absent[:5])}"
+                f"{' ...' if len(absent) > 5 else ''}; a network cannot predict a class it never trained on "
+                "(fix the labels, or move those images out)"
+            )
+
+
 def _cifar_entries(container: Container, part: int) -> tuple[CifarBatches, list[Entry]] | None:
     paths = {PurePosixPath(p).name: p for p in container.files}
     if "batches.meta" not in paths or "data_batch_1" not in paths:
@@ -261,6 +302,7 @@ def open_source(path: str | os.PathLike) -> Source:
     parts: list[Container] = []
     entries: list[Entry] = []
     problems: list[tuple[str, str]] = []
+    names: dict[str, str] = {}
     for part, target in enumerate(targets):
         container = open_container(target)
         cifar = _cifar_entries(container, part)
@@ -276,8 +318,10 @@ def open_source(path: str | os.PathLike) -> Source:
         parts.append(container)
         entries += lister.entries
         problems += lister.problems
+        names |= lister.names
     if not entries:
         raise DataError(
             f"no labelled images found in {path}; expected class folders, an ILSVRC tar or CIFAR batches"
         )
-    return Source(path, parts, sorted(entries), sorted(problems))
+    _check_eval_classes(entries, path)
+    return Source(path, parts, sorted(entries), sorted(problems), names)
