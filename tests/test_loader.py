@@ -129,9 +129,24 @@ def test_jpeg_store_shards_are_decoded_in_worker_processes(tmp_path: Path) -> No
     (tmp_path / "train").mkdir()
     paths = [write_shard(tmp_path, "train", i, images[i * 10 : (i + 1) * 10], "jpeg") for i in range(2)]
     sharded = ShardedImages(paths, [10, 10], "jpeg", 16)
+
+    class OnlyInWorkers:
+        """Decodes only inside a DataLoader worker process: the main process doing it is a failure."""
+
+        def __len__(self) -> int:
+            return len(sharded)
+
+        def __getitem__(self, idx):
+            if torch.utils.data.get_worker_info() is None:
+                raise AssertionError("decoded in the main process, not in a worker")
+            return sharded[idx]
+
     labels = np.arange(20)
-    batches = TrainBatches(sharded, labels, 6, seed=0, workers=2, processes=True)
-    for _, x, y in batches.epoch(0):
+    batches = TrainBatches(OnlyInWorkers(), labels, 6, seed=0, workers=2, processes=True)
+    got = list(batches.epoch(0))
+    assert len(got) == len(batches) == 3  # 20 images, batches of 6, the last partial one dropped
+    assert len({int(i) for _, _, y in got for i in y}) == 18
+    for _, x, y in got:
         assert torch.equal(x, torch.from_numpy(sharded[y.numpy()]))
 
 

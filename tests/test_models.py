@@ -191,7 +191,17 @@ def test_ablation_configurations():
     assert (nonoverlap.pool_kernel, nonoverlap.pool_stride) == (2, 2)
     assert tuple(conv_outputs(create_model("alexnet_nonoverlap"), 224)["pool5"]) == (256, 6, 6)
     assert not model_config("alexnet_nolrn").lrn
-    assert isinstance(create_model("alexnet_tanh").act6, torch.nn.Tanh)
+    tanh = create_model("alexnet_tanh")
+    modules = list(tanh.modules())
+    assert not any(isinstance(m, torch.nn.ReLU) for m in modules)
+    assert not any(getattr(m, "relu", False) for m in modules)  # no ReLU fused into an LRN kernel either
+    assert sum(isinstance(m, torch.nn.Tanh) for m in modules) == 7  # conv1-conv5, fc6, fc7
+    x = torch.randn(1, 3, 224, 224)
+    seen = []
+    for name in ("conv1_post", "conv3_post", "conv5_post"):
+        getattr(tanh, name).register_forward_hook(lambda m, i, o: seen.append(float(o.min())))
+    tanh.eval()(x)
+    assert min(seen) < 0  # tanh outputs go negative after every conv block; ReLU's never would
 
 
 def test_unknown_names_and_overrides_are_explained():

@@ -3,9 +3,12 @@
 import json
 import signal
 import subprocess
+import time
 
 import pytest
 import torch
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from alexnet.checkpoint import load_checkpoint
 from alexnet.models import create_model
@@ -53,7 +56,11 @@ def test_run_folder_holds_config_metrics_plot_events_and_checkpoints(reference):
     assert lines[0]["lr"] == pytest.approx(0.01) and lines[2]["lr"] == pytest.approx(0.001)  # milestone 2
     assert all(m["val_images"] == 4 * 8 for m in lines)
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("val_top1_error")]
+    assert logged == [(m["epoch"], pytest.approx(m["val_top1_error"])) for m in lines]
+    assert [e.value for e in events.Scalars("lr")] == pytest.approx([m["lr"] for m in lines])
     assert "[optim]" in (run / "config.toml").read_text()
     latest = load_checkpoint(run / "checkpoints" / "latest.pt")
     assert (latest["epoch"], latest["batch"], latest["step"]) == (3, 0, 48)
@@ -175,9 +182,8 @@ def test_demo_stops_after_an_interrupted_fit(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_sigterm_saves_a_loadable_checkpoint_and_exits_cleanly(store, tmp_path):
-    config = write_config(
-        tiny_config(store, "run.epochs=50", "run.checkpoint_every_steps=1"), tmp_path / "c.toml"
-    )
+    """Checkpoints come only at the ends of epochs here, so one mid-epoch can only be SIGTERM's."""
+    config = write_config(tiny_config(store, "run.epochs=50", "data.batch_size=2"), tmp_path / "c.toml")
     run = tmp_path / "run"
     proc = subprocess.Popen(
         alexnet_cmd("train", "--config", str(config), "--run-dir", str(run), "--no-progress"),
@@ -186,13 +192,14 @@ def test_sigterm_saves_a_loadable_checkpoint_and_exits_cleanly(store, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_for_step(proc, run / "checkpoints" / "latest.pt", 5)
+    wait_for_step(proc, run / "checkpoints" / "latest.pt", 64)  # the end of epoch 1 (64 steps)
+    time.sleep(0.02)  # into epoch 2
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "interrupted by signal 15" in err and "Traceback" not in err
     state = load_checkpoint(run / "checkpoints" / "latest.pt")
-    assert state["step"] >= 5 and state["epoch"] < 50
+    assert state["batch"] > 0 and state["step"] % 64 != 0  # mid-epoch: written by the signal path
 
 
 def test_load_pretrained_keeps_everything_but_the_classifier(reference, store):
@@ -251,3 +258,28 @@ def test_demo_without_imagenette_explains_how_to_get_it_and_exits_2(tmp_path):
         and "imagenette2-224.tgz" in out.stderr
         and str(tmp_path) in out.stderr
     )
+
+
+def test_the_schedule_is_fed_the_validation_error_not_the_training_error():
+    from types import SimpleNamespace
+
+    from alexnet.engine import Counts, EpochStats
+    from alexnet.train import Position, _end_epoch
+
+    seen = []
+
+    class Spy:
+        def epoch_end(self, epoch, val_error):
+            seen.append((epoch, val_error))
+
+        def lr(self, step):
+            return 0.01
+
+    run = SimpleNamespace(schedule=Spy(), steps_per_epoch=4, info=SimpleNamespace(world_size=1))
+    pos = Position(batch=4, step=4, stats=EpochStats(loss_sum=4.0, errors=4, images=4, steps=4, seconds=1.0))
+    counts = Counts(total=torch.tensor([2, 2]), top1=torch.tensor([1, 0]), top5=torch.tensor([2, 2]))
+    record, is_best = _end_epoch(run, pos, counts, wall=1.0, partial=False)
+    assert record["train_error"] == 1.0 and record["val_top1_error"] == 0.75
+    assert seen == [(0, 0.75)] and is_best and (pos.epoch, pos.batch) == (1, 0)
+    _end_epoch(run, Position(batch=2, step=2), counts, wall=1.0, partial=True)
+    assert seen == [(0, 0.75)]  # an epoch a budget cut short does not step the schedule

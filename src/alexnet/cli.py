@@ -155,7 +155,7 @@ def _export(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from alexnet.demo import run_demo
 
-    return run_demo(run_dir=args.run_dir, minutes=args.minutes)
+    return run_demo(run_dir=args.run_dir, minutes=args.minutes, as_json=args.json)
 
 
 def _config_show(args: argparse.Namespace) -> int:
@@ -253,6 +253,7 @@ def _add_training_commands(sub) -> None:
              "alexnet demo --minutes 15")
     p.add_argument("--run-dir", default=None, help="run folder (default: runs/demo-<time>)")
     p.add_argument("--minutes", type=float, default=15.0, help="wall-time budget of the whole demo")
+    p.add_argument("--json", action="store_true", help="end with the results as JSON")
     p.set_defaults(func=_demo)
 
 

@@ -43,7 +43,7 @@ imagenette2-224.tar.gz or unpacked as imagenette2-224/, in the folder ALEXNET_DA
 """
 
 
-def run_demo(run_dir: str | None = None, minutes: float = 15.0) -> int:
+def run_demo(run_dir: str | None = None, minutes: float = 15.0, as_json: bool = False) -> int:
     """The demo; returns the process exit status (2 when Imagenette is missing, 128 + the signal's
     number when SIGINT or SIGTERM stopped the training)."""
     start = time.monotonic()
@@ -105,6 +105,9 @@ def run_demo(run_dir: str | None = None, minutes: float = 15.0) -> int:
         "stopped_by": summary["status"],
     }
     (run / "demo.json").write_text(json.dumps(result, indent=2) + "\n")
+    if as_json:
+        print(json.dumps({**result, "run_dir": str(run), "checkpoint": summary["latest"]}, indent=2))
+        return 0
 
     def accuracy(key: str) -> str:
         top1, top5 = result[f"{key}_top1_accuracy"], result[f"{key}_top5_accuracy"]

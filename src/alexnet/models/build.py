@@ -75,6 +75,15 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> list[str]:
     state = read_weights(path)
     head = classifier_name(model)
     kept = {k: v for k, v in state.items() if not k.startswith(head + ".")}
+    own = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in kept.items()
+             if k in own and v.shape != own[k].shape]
+    if wrong:
+        raise ValueError(
+            f"{path} does not fit {type(model).__name__}: {len(wrong)} weight(s) differ in shape "
+            f"({', '.join(wrong[:3])}); fine-tune the checkpoint's own architecture (leave model.name, "
+            f"model.input_size unset)"
+        )
     missing, unexpected = model.load_state_dict(kept, strict=False)
     expected = {f"{head}.weight", f"{head}.bias"}
     if unexpected or set(missing) - expected:
