@@ -7,7 +7,6 @@ import time
 
 import pytest
 import torch
-
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from alexnet.checkpoint import load_checkpoint
