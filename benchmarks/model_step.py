@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import time
 from contextlib import nullcontext
@@ -101,7 +102,8 @@ def main() -> None:
     results = measure(args)
     setup = {k: getattr(args, k) for k in ("device", "precision", "batch", "threads", "channels_last")}
     if args.json:
-        print(json.dumps({"setup": setup, "torch": torch.__version__, **results}, indent=2))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps({"setup": setup, "torch": torch.__version__, **results, "peak_rss_mb": peak}, indent=2))
         return
     print(f"setup: {setup}, torch {torch.__version__}")
     for mode, r in results.items():

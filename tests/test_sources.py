@@ -155,6 +155,7 @@ def test_devkit_meta_mat(tmp_path, data_good_images):
 def test_flat_folder_with_annotations_file(tmp_path, data_good_images, data_write_tree):
     tree = {
         "train/n01440764/images/a.JPEG": data_good_images["rgb"],
+        "train/n02102040/images/b.JPEG": data_good_images["rgb"],
         "val/images/val_0.JPEG": data_good_images["grey"],
         "val/images/val_1.JPEG": data_good_images["cmyk"],
         "val/images/val_2.JPEG": data_good_images["tall"],
@@ -164,6 +165,7 @@ def test_flat_folder_with_annotations_file(tmp_path, data_good_images, data_writ
     got = [(e.split, e.label, e.name) for e in src.entries]
     assert got == [
         ("train", "n01440764", "train/n01440764/images/a.JPEG"),
+        ("train", "n02102040", "train/n02102040/images/b.JPEG"),
         ("val", "n01440764", "val/images/val_1.JPEG"),
         ("val", "n02102040", "val/images/val_0.JPEG"),
     ]

@@ -1,3 +1,3 @@
-from alexnet.cli import main
+from alexnet.cli import console
 
-raise SystemExit(main())
+console()

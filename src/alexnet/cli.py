@@ -13,6 +13,7 @@ import traceback
 from pathlib import Path
 
 from alexnet import __version__
+from alexnet.allocator import reexec_with_allocator
 from alexnet.config import Config, list_presets, load_config, parse_override, to_toml
 from alexnet.errors import USER_ERRORS
 
@@ -156,6 +157,14 @@ def _demo(args: argparse.Namespace) -> int:
     from alexnet.demo import run_demo
 
     return run_demo(run_dir=args.run_dir, minutes=args.minutes, as_json=args.json)
+
+
+def _info(args: argparse.Namespace) -> int:
+    from alexnet.info import environment, format_environment
+
+    env = environment(args.device)
+    _print(env, args.json, format_environment(env))
+    return 0
 
 
 def _config_show(args: argparse.Namespace) -> int:
@@ -303,7 +312,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value (repeatable)")
     p.set_defaults(func=_config_show)
+
+    p = _add(sub, "info", "what is running: versions, CPU, device, threads, allocator, LRN path",
+             "The same facts are saved in every run folder (environment.json) and benchmark result. The "
+             "allocator is mimalloc (a pip wheel) unless ALEXNET_ALLOCATOR=system or LD_PRELOAD names "
+             "another; the CPU LRN is the fused C++ kernel unless it cannot be built (the reason is shown).",
+             "alexnet info --json")
+    _add_device(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_info)
     return parser
+
+
+def console() -> None:
+    """The `alexnet` executable: first the allocator (a re-exec, before torch loads), then the command."""
+    reexec_with_allocator(sys.argv[1:])
+    raise SystemExit(main())
 
 
 def main(argv: list[str] | None = None) -> int:

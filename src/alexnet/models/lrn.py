@@ -49,6 +49,20 @@ PAPER_LRN = LRNParams()
 _SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "lrn.cpp"
 
 
+_BUILD_ERROR: list[str] = []  # why the C++ kernel could not be built, once it was tried
+
+
+def lrn_path() -> tuple[str, str]:
+    """Which LRN runs on CPU tensors and why: ("cpp" | "torch", reason). Builds the kernel if needed.
+    On CUDA the pure-PyTorch Function always runs (fused by torch.compile when the run compiles)."""
+    mode = os.environ.get("ALEXNET_LRN", "auto")
+    if mode == "torch":
+        return "torch", "ALEXNET_LRN=torch forces the pure-PyTorch LRN"
+    if cpp_kernel_available():
+        return "cpp", f"the fused C++ kernel ({_SOURCE.name}), built for this CPU and cached by torch"
+    return "torch", f"the C++ kernel could not be built: {_BUILD_ERROR[0] if _BUILD_ERROR else 'unknown'}"
+
+
 @functools.cache
 def cpp_kernel_available() -> bool:
     """Build (once per machine and source version) and load the C++ kernel; False if that is impossible."""
@@ -72,6 +86,7 @@ def cpp_kernel_available() -> bool:
             verbose=False,
         )
     except Exception as err:  # a missing compiler or ninja must not stop training: fall back.
+        _BUILD_ERROR.append(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
         if mode == "cpp":
             raise RuntimeError(f"building the LRN kernel from {_SOURCE} failed: {err}") from err
         warnings.warn(
