@@ -26,9 +26,9 @@ _MARK = "_ALEXNET_ALLOCATOR_EXEC"  # set in the re-executed process, so it never
 CHOICES = ("auto", "mimalloc", "system")
 KNOWN = ("mimalloc", "jemalloc", "tcmalloc")
 
-# mimalloc's settings for this workload (measured in benchmarks/allocators.py): keep freed memory for a
-# while instead of returning it at once, and commit arenas eagerly. A user's own MIMALLOC_* values win.
-MIMALLOC_SETTINGS = {"MIMALLOC_PURGE_DELAY": "1000", "MIMALLOC_ARENA_EAGER_COMMIT": "1"}
+# mimalloc's settings for this workload (measured with benchmarks/allocators.py): keep freed memory for
+# 10 s instead of returning it at once, and commit arenas eagerly. A user's own MIMALLOC_* values win.
+MIMALLOC_SETTINGS = {"MIMALLOC_PURGE_DELAY": "10000", "MIMALLOC_ARENA_EAGER_COMMIT": "1"}
 
 
 def mimalloc_library() -> Path | None:
@@ -69,7 +69,7 @@ def plan(environ: dict, platform: str = sys.platform) -> dict | None:
     lib = mimalloc_library()
     if lib is None:
         if choice == "mimalloc":
-            raise ValueError(f"{ENV}=mimalloc but the cmeel-mimalloc wheel is not installed: pip install cmeel-mimalloc")
+            raise ValueError(f"{ENV}=mimalloc but the cmeel-mimalloc wheel is missing: pip install cmeel-mimalloc")
         return None
     env = dict(environ)
     env["LD_PRELOAD"] = ":".join(p for p in (str(lib), environ.get("LD_PRELOAD", "")) if p)

@@ -128,6 +128,7 @@ class TrainingState:
     metrics: list[dict] = field(default_factory=list)  # one record per evaluated epoch (metrics.jsonl)
     epoch_stats: dict = field(default_factory=dict)  # running sums of the epoch in progress
     schedule: dict = field(default_factory=dict)  # the learning-rate schedule's state
+    plan: dict | None = None  # a budgeted run's plan (alexnet.budget): total steps, measured costs
     optimizer: dict | None = None  # absent from best.pt
     rng: list[dict] | None = None  # every process's random states, in rank order; absent from best.pt
 

@@ -159,6 +159,18 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(run_dir=args.run_dir, minutes=args.minutes, as_json=args.json)
 
 
+def _benchmark(args: argparse.Namespace) -> int:
+    from alexnet.benchmark import run_benchmark
+    from alexnet.demo import demo_store
+
+    store = args.store or demo_store()
+    result = run_benchmark(store, rounds=args.rounds, e2e_steps=args.steps,
+                           log=(lambda line: print(line, file=sys.stderr)) if args.json else print)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from alexnet.info import environment, format_environment
 
@@ -312,6 +324,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value (repeatable)")
     p.set_defaults(func=_config_show)
+
+    p = _add(sub, "benchmark", "ours vs torchvision's, measured in one run on this machine",
+             "Training steps (fp32, bf16) of the paper net, the paper net without LRN and torchvision's AlexNet "
+             "in turn; centre and ten-crop inference; GFLOP/s against a matmul peak; our input pipeline vs "
+             "torchvision's reference; the real training loop vs the model-only rate with peak anonymous "
+             "memory. About 5 minutes on a 2-core CPU.",
+             "alexnet benchmark --json > bench.json")
+    p.add_argument("--store", default=None, help="prepared Imagenette store (default: the demo's, prepared once)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating timed rounds (the median is kept)")
+    p.add_argument("--steps", type=int, default=30, help="steps of the real training loop")
+    p.add_argument("--json", action="store_true", help="print the results as JSON (progress on stderr)")
+    p.set_defaults(func=_benchmark)
 
     p = _add(sub, "info", "what is running: versions, CPU, device, threads, allocator, LRN path",
              "The same facts are saved in every run folder (environment.json) and benchmark result. The "

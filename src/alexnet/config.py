@@ -161,13 +161,18 @@ class ScheduleConfig:
 class RunConfig:
     """How long, how precisely, where, and how often to checkpoint.
 
-    The paper trains 90 epochs in fp32; budgets of 0 mean "no limit". `model_parallel = 2` places the
-    two towers on two devices as the paper's Figure 2.
+    The paper trains 90 epochs in fp32; budgets of 0 mean "no limit". `plan_budget` turns
+    `budget_minutes` into a number of steps once, from speeds measured early in the run, and ends the
+    linear schedule there (see `alexnet.budget`); `epochs` is then only an upper bound.
+    `reserve_ten_crop` keeps, out of the budget, the measured time of a ten-crop evaluation after training.
+    `model_parallel = 2` places the two towers on two devices as the paper's Figure 2.
     """
 
     epochs: int = 90
     budget_steps: int = 0
     budget_minutes: float = 0.0
+    plan_budget: bool = False
+    reserve_ten_crop: bool = False
     seed: int = 0
     precision: str = "fp32"
     channels_last: bool = False
@@ -188,6 +193,8 @@ class RunConfig:
         _positive("run.checkpoint_every_epochs", self.checkpoint_every_epochs, allow_zero=True)
         _positive("run.checkpoint_every_steps", self.checkpoint_every_steps, allow_zero=True)
         _choice("run.precision", self.precision, ("fp32", "bf16"))
+        if (self.plan_budget or self.reserve_ten_crop) and not self.budget_minutes:
+            raise ValueError("run.plan_budget and run.reserve_ten_crop need a time budget: set run.budget_minutes")
         if self.model_parallel not in (1, 2):
             raise ValueError(
                 f"run.model_parallel = {self.model_parallel!r} must be 1 or 2 (the paper's towers)"

@@ -16,13 +16,16 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
+from itertools import islice
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from alexnet.budget import PLAN_AT_STEP, PLAN_SKIP_STEPS, Costs, plan_total_steps
 from alexnet.checkpoint import TrainingState
 from alexnet.config import Config, ModelConfig, RunConfig, resume_conflicts, save_config
 from alexnet.data.augment import Augmenter
@@ -36,15 +39,18 @@ from alexnet.distributed import (
     cleanup,
     init_distributed,
 )
-from alexnet.engine import Counts, EpochStats, autocast_context, evaluate, train_one_epoch
+from alexnet.engine import Counts, EpochStats, autocast_context, evaluate, predict, train_one_epoch
 from alexnet.fsutil import remove_temporaries
 from alexnet.model_parallel import place_model, single_state_dict
 from alexnet.models.build import build_model, load_pretrained, read_trained_config
-from alexnet.optim import Schedule, build_optimizer, build_schedule
+from alexnet.optim import LinearSchedule, Schedule, build_optimizer, build_schedule
 from alexnet.paths import resolve_store
 from alexnet.rundir import RunLogger, RunPaths
 from alexnet.seeding import batch_generator, rng_state, set_rng_state
 from alexnet.signals import StopSignal
+
+# Logging an epoch (metrics, TensorBoard, redrawing the curves) on top of its validation and save.
+EPOCH_END_OVERHEAD_S = 2.0
 
 
 @dataclass
@@ -77,6 +83,7 @@ class Position:
     best: float = math.inf  # lowest validation top-1 error so far
     metrics: list[dict] = field(default_factory=list)
     stats: EpochStats = field(default_factory=EpochStats)
+    plan: dict | None = None  # a budgeted run's plan, once made (see _plan_budget)
 
 
 @dataclass
@@ -85,32 +92,36 @@ class Control:
 
     run: RunConfig
     stopper: StopSignal
-    started: float  # the monotonic time at which the run's clock read zero (earlier, for a resumed run)
+    clock: Callable[[], float]  # time.monotonic, or a fake one in tests
+    started: float  # the clock's reading at which the run's time was zero (earlier, for a resumed run)
     last_save: float
     status: str = "finished"  # becomes "interrupted" (a signal) or "budget" (time or steps ran out)
+    mark: tuple[int, float] | None = None  # (step, time) where the timing for a budget plan starts
 
     @property
     def stopping(self) -> bool:
         return self.status != "finished"
 
     def elapsed(self) -> float:
-        return time.monotonic() - self.started
+        return self.clock() - self.started
 
-    def poll(self, step: int) -> bool:
+    def poll(self, step: int, pos: Position) -> bool:
         """After optimizer step `step`: update the status (agreed by every process); True if a save is due."""
-        run, now = self.run, time.monotonic()
+        run, now = self.run, self.clock()
+        reserve = pos.plan["reserve_s"] if pos.plan else 0.0  # kept for the work after training
         flags = torch.tensor(
             [
                 self.stopper.signum or 0,
-                bool(run.budget_minutes) and now - self.started >= 60 * run.budget_minutes,
+                bool(run.budget_minutes) and now - self.started >= 60 * run.budget_minutes - reserve,
                 bool(run.checkpoint_every_minutes) and now - self.last_save >= 60 * run.checkpoint_every_minutes,
             ],
             dtype=torch.int64,
         )
         signum, out_of_time, save_due = all_reduce_max(flags).tolist()
+        planned = pos.plan["total_steps"] if pos.plan else 0
         if signum:
             self.status, self.stopper.signum = "interrupted", signum
-        elif out_of_time or (run.budget_steps and step >= run.budget_steps):
+        elif out_of_time or (run.budget_steps and step >= run.budget_steps) or (planned and step >= planned):
             self.status = "budget"
         every = run.checkpoint_every_steps
         return self.stopping or bool(save_due) or bool(every and step % every == 0)
@@ -122,6 +133,7 @@ def fit(
     resume: bool = False,
     pretrained: str | os.PathLike | None = None,
     progress: bool = True,
+    clock: Callable[[], float] = time.monotonic,
 ) -> dict:
     """Train `config` in `run_dir`; under torchrun, data-parallel over its processes.
 
@@ -133,6 +145,7 @@ def fit(
         pretrained: a checkpoint or safetensors file whose weights, all but the classifier's, start
             the run (fine-tuning, `alexnet finetune`).
         progress: show tqdm bars (rank 0, on a terminal).
+        clock: what the budget and the checkpoint intervals are measured with (a fake one in tests).
 
     Returns:
         a summary: status ("finished", "budget" or "interrupted"), signal, epoch, step, the last metrics
@@ -140,12 +153,12 @@ def fit(
     """
     info = init_distributed(config.run.device)
     try:
-        return _fit(config, RunPaths(Path(run_dir)), resume, pretrained, progress, info)
+        return _fit(config, RunPaths(Path(run_dir)), resume, pretrained, progress, info, clock)
     finally:
         cleanup()
 
 
-def _fit(config: Config, paths: RunPaths, resume: bool, pretrained, progress: bool, info: DistInfo) -> dict:
+def _fit(config: Config, paths: RunPaths, resume: bool, pretrained, progress: bool, info: DistInfo, clock) -> dict:
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     store = Store.open(resolve_store(config.data.store))
@@ -153,8 +166,8 @@ def _fit(config: Config, paths: RunPaths, resume: bool, pretrained, progress: bo
     state = _resume_state(paths, config, resume, info)
     run = _build(config, info, store, state, pretrained)
     pos = _position(state, info, paths)
-    now = time.monotonic()
-    control = Control(config.run, StopSignal(), now - (state.elapsed if state else 0.0), now)
+    now = clock()
+    control = Control(config.run, StopSignal(), clock, now - (state.elapsed if state else 0.0), now)
     if info.is_main:
         paths.checkpoints.mkdir(parents=True, exist_ok=True)
         remove_temporaries(paths.root)  # left by a process killed mid-write
@@ -191,11 +204,61 @@ def _augment(run: Run, epoch: int, images: torch.Tensor, batch_idx: int) -> torc
 
 
 def _after_step(run: Run, pos: Position, control: Control, paths: RunPaths, step: int, next_batch: int) -> bool:
-    """The engine's should_stop: record the position, save when due; True when the run must stop now."""
+    """The engine's should_stop: record the position, plan a budget, save when due; True to stop now."""
     pos.step, pos.batch = step, next_batch
-    if control.poll(step):
+    if run.config.run.plan_budget and pos.plan is None:
+        _plan_budget(run, pos, control, paths)
+    if control.poll(step, pos):
         _save(run, pos, control, paths, latest=True)
     return control.stopping
+
+
+def _plan_budget(run: Run, pos: Position, control: Control, paths: RunPaths) -> None:
+    """Time the first steps, one validation pass and one save; then fix the run's total steps so that
+    training, every epoch end and the reserve fit in run.budget_minutes (see `alexnet.budget`)."""
+    if control.mark is None:
+        control.mark = (pos.step, control.clock()) if pos.step >= PLAN_SKIP_STEPS else None
+        return
+    timed = pos.step - control.mark[0]
+    if timed < PLAN_AT_STEP - PLAN_SKIP_STEPS:
+        return
+    step_s = (control.clock() - control.mark[1]) / timed
+    eval_s = _time_validation(run, control.clock)
+    t0 = control.clock()
+    _save(run, pos, control, paths, latest=True)
+    save_s = control.clock() - t0
+    budget_s = 60 * run.config.run.budget_minutes
+    costs = Costs(
+        step_s=step_s,
+        epoch_end_s=eval_s + save_s + EPOCH_END_OVERHEAD_S,
+        reserve_s=10 * eval_s if run.config.run.reserve_ten_crop else 0.0,
+        margin_s=0.02 * budget_s + 5.0,
+    )
+    spe = run.steps_per_epoch
+    total = plan_total_steps(budget_s - control.elapsed(), pos.step, spe, costs, run.config.run.epochs * spe)
+    total = -int(all_reduce_max(torch.tensor([-total], dtype=torch.int64)).item())  # every rank: the least
+    pos.plan = {"total_steps": total, "planned_at_step": pos.step, "reserve_s": costs.reserve_s,
+                "costs": asdict(costs), "budget_s": budget_s}
+    if isinstance(run.schedule, LinearSchedule):
+        run.schedule.total_steps = total
+    _save(run, pos, control, paths, latest=True)  # the plan is part of the run from here on
+    if run.info.is_main:
+        print(f"budget plan: {total} steps ({total / spe:.2f} epochs) in {budget_s / 60:g} min at {step_s:.2f} s "
+              f"a step, {costs.epoch_end_s:.0f} s per epoch end, {costs.reserve_s:.0f} s kept for the ten crops",
+              flush=True)
+
+
+def _time_validation(run: Run, clock: Callable[[], float], batches: int = 2) -> float:
+    """Seconds for one centre-crop validation pass, from timing its first `batches` batches."""
+    images, t0 = 0, clock()
+    autocast = autocast_context(run.info.device, run.config.run.precision)
+    for probs, _ in islice(predict(run.raw, run.eval_batches, run.augmenter.center, autocast=autocast,
+                                   channels_last=run.config.run.channels_last), batches):
+        images += probs.shape[0]
+    run.raw.train()
+    seconds = clock() - t0
+    total = int(all_reduce_sum(torch.tensor([len(run.store.labels(run.store.eval_split))])).item())
+    return seconds / max(images, 1) * total / run.info.world_size
 
 
 def _resume_state(paths: RunPaths, config: Config, resume: bool, info: DistInfo) -> TrainingState | None:
@@ -248,7 +311,8 @@ def _build(config: Config, info: DistInfo, store: Store, state: TrainingState | 
     o = config.optim
     optimizer = build_optimizer(raw.parameters(), o.kind, o.lr, o.momentum, o.weight_decay)
     steps = len(train_batches)
-    schedule = build_schedule(config.schedule, o.lr, steps, config.run.epochs * steps)
+    planned = state.plan["total_steps"] if state is not None and state.plan else 0
+    schedule = build_schedule(config.schedule, o.lr, steps, planned or config.run.epochs * steps)
     if state is not None:
         optimizer.load_state_dict(state.optimizer)
         schedule.load_state_dict(state.schedule)
@@ -263,7 +327,8 @@ def _position(state: TrainingState | None, info: DistInfo, paths: RunPaths) -> P
         print(f"resuming from {paths.latest}: epoch {state.epoch + 1}, batch {state.batch}, step {state.step}",
               flush=True)
     metrics = [m for m in state.metrics if not m.get("partial")]
-    return Position(state.epoch, state.batch, state.step, state.best, metrics, EpochStats(**state.epoch_stats))
+    stats = EpochStats(**state.epoch_stats)
+    return Position(state.epoch, state.batch, state.step, state.best, metrics, stats, state.plan)
 
 
 def _per_process_batch(config: Config, world_size: int) -> int:
@@ -330,13 +395,14 @@ def _save(run: Run, pos: Position, control: Control, paths: RunPaths, latest: bo
         schedule=run.schedule.state_dict(),
         optimizer=run.optimizer.state_dict(),
         rng=all_gather_objects(rng_state()),
+        plan=pos.plan,
     )
     if run.info.is_main:
         if latest:
             state.save(paths.latest)
         if best:
             state.for_inference().save(paths.best)
-    control.last_save = time.monotonic()
+    control.last_save = control.clock()
 
 
 def _summary(control: Control, pos: Position, paths: RunPaths) -> dict:

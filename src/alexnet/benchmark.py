@@ -1,0 +1,281 @@
+"""`alexnet benchmark`: ours against torchvision's, alternated in one process, on this machine.
+
+Every figure is a ratio measured in the same run (ours / the reference), so the machine's own speed
+and load cancel out as far as they can:
+
+- training steps (forward, loss, backward, SGD) in fp32 and bf16 of the paper net, the paper net
+  without LRN and torchvision's AlexNet, round after round in turn;
+- inference with the centre crop and the ten crops (our batched views vs torchvision's TenCrop);
+- achieved GFLOP/s against a large matmul timed here (the machine's practical peak);
+- our input pipeline (memory-mapped store, augmented batches) vs torchvision's reference pipeline on the
+  same JPEGs with the same workers, and vs the model's training rate measured above;
+- the real training loop (`fit`) on the store vs the model-only rate, with the peak anonymous memory
+  (RssAnon) of the process and its workers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import statistics
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from alexnet.config import AugmentConfig, load_config
+from alexnet.data.augment import Augmenter
+from alexnet.data.loader import TrainBatches
+from alexnet.data.store import Store
+from alexnet.info import environment
+from alexnet.models import create_model
+from alexnet.models.summary import summarize
+from alexnet.paths import resolve_source
+from alexnet.seeding import batch_generator
+from alexnet.train import fit
+
+NETS = ("alexnet", "alexnet_nolrn", "torchvision")
+
+
+def _net(name: str) -> nn.Module:
+    return torchvision.models.alexnet() if name == "torchvision" else create_model(name)
+
+
+def _train_flops(name: str) -> float:
+    """Training FLOPs per image: 2 per multiply-accumulate, forward plus a backward of twice its cost."""
+    return 6.0 * summarize("alexnet_owt" if name == "torchvision" else name)[1]["macs"]
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of an n x n matmul, the best of `repeats`."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = min(_seconds(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _seconds(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _alternate(steps: dict[str, Callable[[], object]], rounds: int, per_round: int, warmup: int) -> dict[str, float]:
+    """Median seconds per call of each function, timed in turn round after round."""
+    for fn in steps.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, fn in steps.items():
+            times[name].append(_seconds(lambda fn=fn: [fn() for _ in range(per_round)]) / per_round)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def training_steps(batch: int, rounds: int) -> dict:
+    """Images/s of a training step of each net, fp32 and bf16, and the achieved GFLOP/s."""
+    out = {}
+    x, y = torch.randn(batch, 3, 224, 224), torch.randint(0, 1000, (batch,))
+    for precision in ("fp32", "bf16"):
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+        steps = {}
+        for name in NETS:
+            torch.manual_seed(0)
+            model = _net(name).train()
+            opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
+
+            def step(model=model, opt=opt, autocast=autocast) -> None:
+                with autocast:
+                    loss = nn.functional.cross_entropy(model(x).float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+            steps[name] = step
+        seconds = _alternate(steps, rounds, per_round=2, warmup=1)
+        rates = {name: batch / s for name, s in seconds.items()}
+        out[precision] = {
+            "images_per_s": rates,
+            "ratio_to_torchvision": {n: rates[n] / rates["torchvision"] for n in NETS[:2]},
+            "ratio_to_no_lrn": rates["alexnet"] / rates["alexnet_nolrn"],
+            "gflop_per_s": {n: rates[n] * _train_flops(n) / 1e9 for n in NETS},
+        }
+    return out
+
+
+def inference(batch: int, rounds: int, size: int = 256) -> dict:
+    """Images/s of centre-crop and ten-crop inference (bf16), ours vs torchvision's transforms and net."""
+    from torchvision.transforms import v2
+
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    ours_aug = Augmenter(AugmentConfig(normalize="channel", lighting_std=0.0))
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    nets = {"ours": create_model("alexnet").eval(), "torchvision": torchvision.models.alexnet().eval()}
+
+    def run(net: nn.Module, crops: list[torch.Tensor]) -> None:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            for c in crops:
+                net(c).float().softmax(1)
+
+    def theirs_views(ten: bool) -> list[torch.Tensor]:
+        x = images.float() / 255
+        views = v2.functional.ten_crop(x, [224, 224]) if ten else (v2.functional.center_crop(x, [224, 224]),)
+        return [(v - mean) / std for v in views]
+
+    out = {}
+    for ten in (False, True):
+        ours = (lambda: run(nets["ours"], list(ours_aug.ten_crop(images).unbind(1)))) if ten else (
+            lambda: run(nets["ours"], [ours_aug.center(images)]))
+        steps = {"ours": ours, "torchvision": lambda ten=ten: run(nets["torchvision"], theirs_views(ten))}
+        seconds = _alternate(steps, rounds, per_round=1, warmup=1)
+        rates = {k: batch / s for k, s in seconds.items()}
+        out["ten_crop" if ten else "centre"] = {"images_per_s": rates, "ratio": rates["ours"] / rates["torchvision"]}
+    return out
+
+
+def reference_pipeline(root: Path, batch: int, workers: int) -> Iterator[torch.Tensor]:
+    """torchvision's reference ImageNet training transform on the original JPEGs."""
+    from torchvision import datasets, transforms
+
+    tf = transforms.Compose([
+        transforms.Resize(256), transforms.RandomCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+        transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+    ])
+    loader = torch.utils.data.DataLoader(datasets.ImageFolder(str(root), transform=tf), batch_size=batch,
+                                         shuffle=True, num_workers=workers, drop_last=True)
+    while True:
+        yield from (images for images, _ in loader)
+
+
+def our_pipeline(store: Store, batch: int, workers: int) -> Iterator[torch.Tensor]:
+    batches = TrainBatches.from_store(store, batch_size=batch, seed=0, in_memory=False, workers=workers)
+    aug = Augmenter(AugmentConfig(), store.mean, store.eigvals, store.eigvecs)
+    for epoch in itertools.count():
+        for k, images, _ in batches.epoch(epoch):
+            yield aug.train(images, batch_generator(0, epoch, k))
+
+
+def rate(batches: Iterator[torch.Tensor], count: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        next(batches)
+    t0, images = time.perf_counter(), 0
+    for _ in range(count):
+        images += next(batches).shape[0]
+    return images / (time.perf_counter() - t0)
+
+
+def extract_train(archive: Path, dest: Path) -> Path:
+    if not (dest / ".extracted").exists():
+        with tarfile.open(archive) as tar:
+            tar.extractall(dest, members=[m for m in tar.getmembers() if "/train/" in m.name], filter="data")
+        (dest / ".extracted").touch()
+    return next(dest.glob("*/train"))
+
+
+def input_pipeline(store: Store, archive: Path, work: Path, batch: int, workers: int, batches: int) -> dict:
+    ours = rate(our_pipeline(store, batch, workers), batches)
+    theirs = rate(reference_pipeline(extract_train(archive, work / "jpeg"), batch, workers), batches)
+    return {"ours_memmap_images_per_s": ours, "torchvision_images_per_s": theirs, "ratio": ours / theirs}
+
+
+class AnonPeak:
+    """The peak of RssAnon summed over this process and its descendants, sampled every 0.2 s."""
+
+    def __init__(self) -> None:
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _tree(pid: int) -> list[int]:
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(stat.parent.name))
+        out, todo = [pid], [pid]
+        while todo:
+            for child in children.get(todo.pop(), []):
+                out.append(child)
+                todo.append(child)
+        return out
+
+    @staticmethod
+    def _anon_kb(pid: int) -> int:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1])
+        except OSError:
+            pass
+        return 0
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.peak_kb = max(self.peak_kb, sum(self._anon_kb(p) for p in self._tree(os.getpid())))
+
+    def __enter__(self) -> AnonPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def end_to_end(store_path: Path, work: Path, steps: int, precision: str, model_rate: float) -> dict:
+    """`fit` streaming from the memory-mapped store for `steps` steps vs the model-only rate."""
+    config = load_config("demo", [f"data.store={store_path}", "data.in_memory=false", f"run.precision={precision}",
+                                  "run.plan_budget=false", "run.budget_minutes=0", f"run.budget_steps={steps}",
+                                  "run.checkpoint_every_minutes=0", "run.checkpoint_every_epochs=0"])
+    with AnonPeak() as peak:
+        summary = fit(config, work / "e2e", progress=False)
+    rate = summary["last"]["images_per_s"]
+    return {"steps": steps, "precision": precision, "images_per_s": rate, "model_only_images_per_s": model_rate,
+            "ratio": rate / model_rate, "peak_rss_anon_gib": peak.peak_kb / 2**20}
+
+
+def run_benchmark(store: str | os.PathLike, rounds: int = 3, batch: int = 128, e2e_steps: int = 30,
+                  pipeline_batches: int = 15, workers: int = 2, log: Callable[[str], None] = print) -> dict:
+    """Every measurement above; `store` is a prepared Imagenette store (256 px)."""
+    store_path = Path(store)
+    st = Store.open(store_path)
+    archive = resolve_source("imagenette2-224")
+    result: dict = {"environment": environment("cpu")}
+    started = time.perf_counter()
+    result["matmul_gflop_per_s"] = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    log(f"matmul peak: {result['matmul_gflop_per_s']['fp32']:.0f} GFLOP/s fp32, "
+        f"{result['matmul_gflop_per_s']['bf16']:.0f} bf16")
+    result["train"] = training_steps(batch, rounds)
+    for p, r in result["train"].items():
+        log(f"train {p}: " + ", ".join(f"{n} {v:.1f} img/s" for n, v in r["images_per_s"].items())
+            + f"; paper/torchvision {r['ratio_to_torchvision']['alexnet']:.2f}, "
+            f"paper/no-LRN {r['ratio_to_no_lrn']:.2f}")
+    result["inference"] = inference(batch, rounds)
+    for view, r in result["inference"].items():
+        log(f"inference {view} (bf16): ours {r['images_per_s']['ours']:.1f}, torchvision "
+            f"{r['images_per_s']['torchvision']:.1f} img/s, ratio {r['ratio']:.2f}")
+    with tempfile.TemporaryDirectory(prefix="alexnet-bench-") as tmp:
+        pipe = input_pipeline(st, archive, Path(tmp), batch, workers, pipeline_batches)
+        model_rate = result["train"]["bf16"]["images_per_s"]["alexnet"]
+        pipe["ratio_to_model_bf16"] = pipe["ours_memmap_images_per_s"] / model_rate
+        result["input_pipeline"] = pipe
+        log(f"input pipeline: ours {pipe['ours_memmap_images_per_s']:.0f}, torchvision "
+            f"{pipe['torchvision_images_per_s']:.0f} img/s, ratio {pipe['ratio']:.1f}; "
+            f"{pipe['ratio_to_model_bf16']:.0f}x the bf16 training rate")
+        result["end_to_end"] = end_to_end(store_path, Path(tmp), e2e_steps, "bf16", model_rate)
+        e2e = result["end_to_end"]
+        log(f"end to end ({e2e_steps} steps, bf16, memmap): {e2e['images_per_s']:.1f} img/s = {e2e['ratio']:.2f}x "
+            f"the model-only rate; peak RssAnon {e2e['peak_rss_anon_gib']:.2f} GiB")
+    result["wall_s"] = time.perf_counter() - started
+    return result
