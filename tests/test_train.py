@@ -282,3 +282,13 @@ def test_the_schedule_is_fed_the_validation_error_not_the_training_error():
     assert seen == [(0, 0.75)] and is_best and (pos.epoch, pos.batch) == (1, 0)
     _end_epoch(run, Position(batch=2, step=2), counts, wall=1.0, partial=True)
     assert seen == [(0, 0.75)]  # an epoch a budget cut short does not step the schedule
+
+
+def test_validation_every_n_epochs_and_always_at_the_end(store, tmp_path):
+    summary = fit(tiny_config(store, "run.epochs=3", "run.eval_every_epochs=2"), tmp_path / "run", progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    validated = [m["val_top1_error"] is not None for m in lines]
+    assert validated == [False, True, True]  # epoch 2 (every 2) and epoch 3 (the end)
+    assert summary["best_top1_error"] == min(m["val_top1_error"] for m in lines if m["val_top1_error"] is not None)
+    with pytest.raises(ValueError, match="plateau.*needs the validation error of every epoch"):
+        tiny_config(store, "schedule.kind=plateau", "run.eval_every_epochs=0")

@@ -1,4 +1,4 @@
-"""Turning a time budget into a number of steps, once, from speeds measured early in the run.
+"""When a run stops: signals, step and time budgets, and a time budget turned into a number of steps.
 
 A schedule that anneals over epochs that never come (a 7-epoch linear decay cut off after 3.4 epochs on
 a slow machine) wastes the budget: the rate never gets low. So a budgeted run (`run.plan_budget`) times
@@ -10,11 +10,21 @@ checkpoint, so a resumed run keeps the same schedule; a faster machine simply tr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 
-# Steps timed before the plan is made: the first two are slower (allocations, caches) and are skipped.
+import torch
+
+from alexnet.config import RunConfig
+from alexnet.distributed import all_reduce_max
+from alexnet.signals import StopSignal
+
+# Steps timed before the plan is made (about 45 s of a CPU demo): the first two are slower (allocations,
+# caches) and are skipped; fewer steps overestimate the step time.
 PLAN_SKIP_STEPS = 2
-PLAN_AT_STEP = 12
+PLAN_AT_STEP = 24
+# Logging an epoch (metrics, TensorBoard, redrawing the curves) on top of its validation and save.
+EPOCH_END_OVERHEAD_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -46,3 +56,86 @@ def plan_total_steps(seconds_left: float, step: int, steps_per_epoch: int, costs
         else:
             hi = mid - 1
     return lo
+
+
+@dataclass
+class StepTimer:
+    """Times the training steps from step PLAN_SKIP_STEPS (of the run, or after a resume) on."""
+
+    clock: Callable[[], float]
+    mark: tuple[int, float] | None = None
+
+    def seconds_per_step(self, step: int) -> float | None:
+        """After optimizer step `step`: the measured seconds a step once enough steps were timed, else None."""
+        if self.mark is None:
+            self.mark = (step, self.clock()) if step >= PLAN_SKIP_STEPS else None
+            return None
+        timed = step - self.mark[0]
+        return (self.clock() - self.mark[1]) / timed if timed >= PLAN_AT_STEP - PLAN_SKIP_STEPS else None
+
+
+def make_plan(run: RunConfig, step: int, elapsed_s: float, steps_per_epoch: int, step_s: float, eval_s: float,
+              save_s: float) -> dict:
+    """The plan of a budgeted run from its measured costs: a validation pass `eval_s`, a save `save_s`."""
+    budget_s = 60 * run.budget_minutes
+    every = run.eval_every_epochs  # validations are spread over the epoch ends; the last one is always made
+    costs = Costs(
+        step_s=step_s,
+        epoch_end_s=(eval_s / every if every else 0.0) + save_s + EPOCH_END_OVERHEAD_S,
+        reserve_s=(10 * eval_s if run.reserve_ten_crop else 0.0) + (0.0 if every == 1 else eval_s),
+        margin_s=0.01 * budget_s + 3.0,
+    )
+    total = plan_total_steps(budget_s - elapsed_s, step, steps_per_epoch, costs, run.epochs * steps_per_epoch)
+    return {"total_steps": total, "planned_at_step": step, "reserve_s": costs.reserve_s, "budget_s": budget_s,
+            "costs": asdict(costs)}
+
+
+def describe_plan(plan: dict, steps_per_epoch: int) -> str:
+    c = plan["costs"]
+    return (f"budget plan: {plan['total_steps']} steps ({plan['total_steps'] / steps_per_epoch:.2f} epochs) in "
+            f"{plan['budget_s'] / 60:g} min at {c['step_s']:.2f} s a step, {c['epoch_end_s']:.0f} s per epoch end, "
+            f"{c['reserve_s']:.0f} s kept for evaluating after training")
+
+
+@dataclass
+class Control:
+    """Why the loop stops (a signal, a budget) and when it saves (the checkpoint intervals)."""
+
+    run: RunConfig
+    stopper: StopSignal
+    clock: Callable[[], float]  # time.monotonic, or a fake one in tests
+    started: float  # the clock's reading at which the run's time was zero (earlier, for a resumed run)
+    last_save: float
+    status: str = "finished"  # becomes "interrupted" (a signal) or "budget" (time or steps ran out)
+    timer: StepTimer = field(init=False)  # times the first steps for a budget plan
+
+    def __post_init__(self) -> None:
+        self.timer = StepTimer(self.clock)
+
+    @property
+    def stopping(self) -> bool:
+        return self.status != "finished"
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    def poll(self, step: int, plan: dict | None) -> bool:
+        """After optimizer step `step`: update the status (agreed by every process); True if a save is due."""
+        run, now = self.run, self.clock()
+        reserve = plan["reserve_s"] if plan else 0.0  # kept for the work after training
+        flags = torch.tensor(
+            [
+                self.stopper.signum or 0,
+                bool(run.budget_minutes) and now - self.started >= 60 * run.budget_minutes - reserve,
+                bool(run.checkpoint_every_minutes) and now - self.last_save >= 60 * run.checkpoint_every_minutes,
+            ],
+            dtype=torch.int64,
+        )
+        signum, out_of_time, save_due = all_reduce_max(flags).tolist()
+        planned = plan["total_steps"] if plan else 0
+        if signum:
+            self.status, self.stopper.signum = "interrupted", signum
+        elif out_of_time or (run.budget_steps and step >= run.budget_steps) or (planned and step >= planned):
+            self.status = "budget"
+        every = run.checkpoint_every_steps
+        return self.stopping or bool(save_due) or bool(every and step % every == 0)

@@ -165,6 +165,8 @@ class RunConfig:
     `budget_minutes` into a number of steps once, from speeds measured early in the run, and ends the
     linear schedule there (see `alexnet.budget`); `epochs` is then only an upper bound.
     `reserve_ten_crop` keeps, out of the budget, the measured time of a ten-crop evaluation after training.
+    `eval_every_epochs` validates every that many epochs and always at the end (0: only at the end);
+    the paper's plateau schedule needs every epoch.
     `model_parallel = 2` places the two towers on two devices as the paper's Figure 2.
     """
 
@@ -183,9 +185,11 @@ class RunConfig:
     checkpoint_every_minutes: float = 30.0
     checkpoint_every_epochs: int = 1
     checkpoint_every_steps: int = 0
+    eval_every_epochs: int = 1
 
     def __post_init__(self) -> None:
         _positive("run.epochs", self.epochs)
+        _positive("run.eval_every_epochs", self.eval_every_epochs, allow_zero=True)
         _positive("run.budget_steps", self.budget_steps, allow_zero=True)
         _positive("run.budget_minutes", self.budget_minutes, allow_zero=True)
         _positive("run.threads", self.threads, allow_zero=True)
@@ -210,6 +214,11 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
+        if self.schedule.kind == "plateau" and self.run.eval_every_epochs != 1:
+            raise ValueError(
+                f"schedule.kind = 'plateau' needs the validation error of every epoch, but run.eval_every_epochs "
+                f"= {self.run.eval_every_epochs}; set it to 1 or use another schedule"
+            )
         if self.model.input_size != self.data.crop:
             raise ValueError(
                 f"model.input_size = {self.model.input_size} but data.crop = {self.data.crop}: the network "

@@ -80,8 +80,8 @@ class Schedule:
     def _decay(self, step: int) -> float:
         return 1.0
 
-    def epoch_end(self, epoch: int, val_error: float) -> None:
-        """Called after epoch `epoch` (0-based) has been trained and evaluated."""
+    def epoch_end(self, epoch: int, val_error: float | None) -> None:
+        """Called after epoch `epoch` (0-based) has been trained and evaluated (None: not validated)."""
 
     # What training changes (and a checkpoint carries). The hyper-parameters (rate, warm-up, length,
     # factor, patience, ...) are not state: a resumed run takes them from its config.
@@ -152,7 +152,7 @@ class StepSchedule(Schedule):
         super().load_state_dict(state)
         self.scale = self.factor ** sum(m <= self.epochs_done for m in self.milestones)  # this config's
 
-    def epoch_end(self, epoch: int, val_error: float) -> None:
+    def epoch_end(self, epoch: int, val_error: float | None) -> None:
         self.epochs_done = epoch + 1
         self.scale = self.factor ** sum(m <= self.epochs_done for m in self.milestones)
 

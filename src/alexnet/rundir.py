@@ -73,7 +73,8 @@ def plot_curves(metrics: list[dict], path: Path) -> None:
         ("val_top1_error", "val top-1"),
         ("val_top5_error", "val top-5"),
     ):
-        ax_err.plot(epochs, [100 * m[key] for m in metrics], marker="o", label=label)
+        points = [(m["epoch"], 100 * m[key]) for m in metrics if m[key] is not None]  # None: not validated
+        ax_err.plot([e for e, _ in points], [v for _, v in points], marker="o", label=label)
     ax_err.set(xlabel="epoch", ylabel="error (%)", title="error", ylim=(0, 100))
     ax_err.legend()
     fig.tight_layout()
@@ -98,19 +99,21 @@ class RunLogger:
             # purge_step drops events a killed run wrote after its checkpoint
             self.writer = SummaryWriter(str(paths.tensorboard), purge_step=epochs_done + 1)
 
-    def epoch(self, record: dict, metrics: list[dict], epochs: int) -> None:
+    def epoch(self, record: dict, metrics: list[dict], epochs: float) -> None:
         if not self.enabled:
             return
         write_metrics(self.paths.metrics, metrics)
         step = math.ceil(record["epoch"])
         for key in ("train_loss", "train_error", "val_top1_error", "val_top5_error", "lr", "images_per_s"):
-            self.writer.add_scalar(key, record[key], step)
+            if record[key] is not None:
+                self.writer.add_scalar(key, record[key], step)
         self.writer.flush()
         plot_curves(metrics, self.paths.plot)
+        val = (f"val top-1 {100 * record['val_top1_error']:.2f}% top-5 {100 * record['val_top5_error']:.2f}%"
+               if record["val_top1_error"] is not None else "not validated")
         print(
-            f"epoch {record['epoch']:g}/{epochs}  train loss {record['train_loss']:.4f} "
-            f"error {100 * record['train_error']:.2f}%  |  val top-1 {100 * record['val_top1_error']:.2f}% "
-            f"top-5 {100 * record['val_top5_error']:.2f}%  |  lr {record['lr']:.3g}  "
+            f"epoch {record['epoch']:g}/{epochs:g}  train loss {record['train_loss']:.4f} "
+            f"error {100 * record['train_error']:.2f}%  |  {val}  |  lr {record['lr']:.3g}  "
             f"{record['images_per_s']:.1f} img/s  {record['wall_time_s'] / 60:.1f} min",
             flush=True,
         )

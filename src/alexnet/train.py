@@ -17,7 +17,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
 from pathlib import Path
@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from alexnet.budget import PLAN_AT_STEP, PLAN_SKIP_STEPS, Costs, plan_total_steps
+from alexnet.budget import Control, describe_plan, make_plan
 from alexnet.checkpoint import TrainingState
-from alexnet.config import Config, ModelConfig, RunConfig, resume_conflicts, save_config
+from alexnet.config import Config, RunConfig, resume_conflicts, save_config
 from alexnet.data.augment import Augmenter
 from alexnet.data.loader import EvalBatches, TrainBatches
 from alexnet.data.store import Store
@@ -42,15 +42,12 @@ from alexnet.distributed import (
 from alexnet.engine import Counts, EpochStats, autocast_context, evaluate, predict, train_one_epoch
 from alexnet.fsutil import remove_temporaries
 from alexnet.model_parallel import place_model, single_state_dict
-from alexnet.models.build import build_model, load_pretrained, read_trained_config
+from alexnet.models.build import build_model, finetune_config, load_pretrained
 from alexnet.optim import LinearSchedule, Schedule, build_optimizer, build_schedule
 from alexnet.paths import resolve_store
 from alexnet.rundir import RunLogger, RunPaths
 from alexnet.seeding import batch_generator, rng_state, set_rng_state
 from alexnet.signals import StopSignal
-
-# Logging an epoch (metrics, TensorBoard, redrawing the curves) on top of its validation and save.
-EPOCH_END_OVERHEAD_S = 2.0
 
 
 @dataclass
@@ -84,47 +81,6 @@ class Position:
     metrics: list[dict] = field(default_factory=list)
     stats: EpochStats = field(default_factory=EpochStats)
     plan: dict | None = None  # a budgeted run's plan, once made (see _plan_budget)
-
-
-@dataclass
-class Control:
-    """Why the loop stops (a signal, a budget) and when it saves (the checkpoint intervals)."""
-
-    run: RunConfig
-    stopper: StopSignal
-    clock: Callable[[], float]  # time.monotonic, or a fake one in tests
-    started: float  # the clock's reading at which the run's time was zero (earlier, for a resumed run)
-    last_save: float
-    status: str = "finished"  # becomes "interrupted" (a signal) or "budget" (time or steps ran out)
-    mark: tuple[int, float] | None = None  # (step, time) where the timing for a budget plan starts
-
-    @property
-    def stopping(self) -> bool:
-        return self.status != "finished"
-
-    def elapsed(self) -> float:
-        return self.clock() - self.started
-
-    def poll(self, step: int, pos: Position) -> bool:
-        """After optimizer step `step`: update the status (agreed by every process); True if a save is due."""
-        run, now = self.run, self.clock()
-        reserve = pos.plan["reserve_s"] if pos.plan else 0.0  # kept for the work after training
-        flags = torch.tensor(
-            [
-                self.stopper.signum or 0,
-                bool(run.budget_minutes) and now - self.started >= 60 * run.budget_minutes - reserve,
-                bool(run.checkpoint_every_minutes) and now - self.last_save >= 60 * run.checkpoint_every_minutes,
-            ],
-            dtype=torch.int64,
-        )
-        signum, out_of_time, save_due = all_reduce_max(flags).tolist()
-        planned = pos.plan["total_steps"] if pos.plan else 0
-        if signum:
-            self.status, self.stopper.signum = "interrupted", signum
-        elif out_of_time or (run.budget_steps and step >= run.budget_steps) or (planned and step >= planned):
-            self.status = "budget"
-        every = run.checkpoint_every_steps
-        return self.stopping or bool(save_due) or bool(every and step % every == 0)
 
 
 def fit(
@@ -187,15 +143,28 @@ def _fit(config: Config, paths: RunPaths, resume: bool, pretrained, progress: bo
             )
             if control.status == "interrupted":
                 break
-            counts = evaluate(eval_model, run.eval_batches, run.augmenter.center, store.num_classes,
-                              autocast=autocast, channels_last=config.run.channels_last,
-                              progress=progress and info.is_main, total=len(run.eval_batches))
+            counts = None
+            if _validation_due(config.run, pos.epoch, control.stopping):
+                counts = evaluate(eval_model, run.eval_batches, run.augmenter.center, store.num_classes,
+                                  autocast=autocast, channels_last=config.run.channels_last,
+                                  progress=progress and info.is_main, total=len(run.eval_batches))
             record, is_best = _end_epoch(run, pos, counts, control.elapsed(), partial=control.stopping)
             every = config.run.checkpoint_every_epochs
             latest = control.stopping or pos.epoch == config.run.epochs or bool(every and pos.epoch % every == 0)
             _save(run, pos, control, paths, latest=latest, best=is_best)
-            logger.epoch(record, pos.metrics, config.run.epochs)
+            logger.epoch(record, pos.metrics, _planned_epochs(run, pos))
     return _summary(control, pos, paths)
+
+
+def _validation_due(run: RunConfig, epoch: int, stopping: bool) -> bool:
+    """Validate after epoch `epoch` (0-based, just trained): every run.eval_every_epochs, and always at the
+    end of the run (0: only then)."""
+    every = run.eval_every_epochs
+    return stopping or epoch + 1 >= run.epochs or bool(every and (epoch + 1) % every == 0)
+
+
+def _planned_epochs(run: Run, pos: Position) -> float:
+    return round(pos.plan["total_steps"] / run.steps_per_epoch, 2) if pos.plan else run.config.run.epochs
 
 
 def _augment(run: Run, epoch: int, images: torch.Tensor, batch_idx: int) -> torch.Tensor:
@@ -208,44 +177,29 @@ def _after_step(run: Run, pos: Position, control: Control, paths: RunPaths, step
     pos.step, pos.batch = step, next_batch
     if run.config.run.plan_budget and pos.plan is None:
         _plan_budget(run, pos, control, paths)
-    if control.poll(step, pos):
+    if control.poll(step, pos.plan):
         _save(run, pos, control, paths, latest=True)
     return control.stopping
 
 
 def _plan_budget(run: Run, pos: Position, control: Control, paths: RunPaths) -> None:
-    """Time the first steps, one validation pass and one save; then fix the run's total steps so that
-    training, every epoch end and the reserve fit in run.budget_minutes (see `alexnet.budget`)."""
-    if control.mark is None:
-        control.mark = (pos.step, control.clock()) if pos.step >= PLAN_SKIP_STEPS else None
+    """Once enough steps are timed: time one validation pass and one save, then fix the run's total steps
+    so that training, every epoch end and the reserve fit in run.budget_minutes (see `alexnet.budget`)."""
+    step_s = control.timer.seconds_per_step(pos.step)
+    if step_s is None:
         return
-    timed = pos.step - control.mark[0]
-    if timed < PLAN_AT_STEP - PLAN_SKIP_STEPS:
-        return
-    step_s = (control.clock() - control.mark[1]) / timed
     eval_s = _time_validation(run, control.clock)
     t0 = control.clock()
     _save(run, pos, control, paths, latest=True)
-    save_s = control.clock() - t0
-    budget_s = 60 * run.config.run.budget_minutes
-    costs = Costs(
-        step_s=step_s,
-        epoch_end_s=eval_s + save_s + EPOCH_END_OVERHEAD_S,
-        reserve_s=10 * eval_s if run.config.run.reserve_ten_crop else 0.0,
-        margin_s=0.02 * budget_s + 5.0,
-    )
-    spe = run.steps_per_epoch
-    total = plan_total_steps(budget_s - control.elapsed(), pos.step, spe, costs, run.config.run.epochs * spe)
-    total = -int(all_reduce_max(torch.tensor([-total], dtype=torch.int64)).item())  # every rank: the least
-    pos.plan = {"total_steps": total, "planned_at_step": pos.step, "reserve_s": costs.reserve_s,
-                "costs": asdict(costs), "budget_s": budget_s}
+    plan = make_plan(run.config.run, pos.step, control.elapsed(), run.steps_per_epoch, step_s, eval_s,
+                     control.clock() - t0)
+    plan["total_steps"] = -int(all_reduce_max(torch.tensor([-plan["total_steps"]])).item())  # every rank: the least
+    pos.plan = plan
     if isinstance(run.schedule, LinearSchedule):
-        run.schedule.total_steps = total
+        run.schedule.total_steps = plan["total_steps"]
     _save(run, pos, control, paths, latest=True)  # the plan is part of the run from here on
     if run.info.is_main:
-        print(f"budget plan: {total} steps ({total / spe:.2f} epochs) in {budget_s / 60:g} min at {step_s:.2f} s "
-              f"a step, {costs.epoch_end_s:.0f} s per epoch end, {costs.reserve_s:.0f} s kept for the ten crops",
-              flush=True)
+        print(describe_plan(plan, run.steps_per_epoch), flush=True)
 
 
 def _time_validation(run: Run, clock: Callable[[], float], batches: int = 2) -> float:
@@ -343,22 +297,24 @@ def _per_process_batch(config: Config, world_size: int) -> int:
     return b // world_size
 
 
-def _end_epoch(run: Run, pos: Position, counts: Counts, wall: float, partial: bool) -> tuple[dict, bool]:
-    """Record the epoch's metrics; a whole epoch also steps the schedule (on the validation error) and
-    moves the position to the next epoch. Returns (the record, whether it is the best so far)."""
+def _end_epoch(run: Run, pos: Position, counts: Counts | None, wall: float, partial: bool) -> tuple[dict, bool]:
+    """Record the epoch's metrics (validation ones None when `counts` is None: not validated); a whole epoch
+    also steps the schedule (on the validation error) and moves the position to the next epoch.
+    Returns (the record, whether it is the best so far)."""
     record = _epoch_record(run, pos, counts, wall)
+    val_error = counts.top1_error if counts is not None else None
     if partial and pos.batch < run.steps_per_epoch:
         record["partial"] = True  # a budget ended the epoch early: reported, not counted as an epoch
     else:
-        run.schedule.epoch_end(pos.epoch, counts.top1_error)
+        run.schedule.epoch_end(pos.epoch, val_error)
         pos.epoch, pos.batch, pos.stats = pos.epoch + 1, 0, EpochStats()
     pos.metrics.append(record)
-    is_best = counts.top1_error < pos.best
-    pos.best = min(pos.best, counts.top1_error)
+    is_best = val_error is not None and val_error < pos.best
+    pos.best = min(pos.best, val_error) if val_error is not None else pos.best
     return record, is_best
 
 
-def _epoch_record(run: Run, pos: Position, counts: Counts, wall: float) -> dict:
+def _epoch_record(run: Run, pos: Position, counts: Counts | None, wall: float) -> dict:
     stats = pos.stats
     sums = all_reduce_sum(torch.tensor([stats.loss_sum, stats.errors, stats.images], dtype=torch.float64))
     loss_sum, errors, images = sums.tolist()
@@ -367,9 +323,9 @@ def _epoch_record(run: Run, pos: Position, counts: Counts, wall: float) -> dict:
         "epoch": round(pos.epoch + pos.batch / run.steps_per_epoch, 4),
         "train_loss": loss_sum / max(images, 1),
         "train_error": errors / max(images, 1),
-        "val_top1_error": counts.top1_error,
-        "val_top5_error": counts.top5_error,
-        "val_images": counts.images,
+        "val_top1_error": counts.top1_error if counts is not None else None,
+        "val_top5_error": counts.top5_error if counts is not None else None,
+        "val_images": counts.images if counts is not None else 0,
         "lr": run.schedule.lr(pos.step - 1),
         "images_per_s": images / seconds if seconds else 0.0,
         "wall_time_s": wall,
@@ -419,23 +375,6 @@ def _summary(control: Control, pos: Position, paths: RunPaths) -> dict:
         "metrics": str(paths.metrics),
         "plot": str(paths.plot),
     }
-
-
-def finetune_config(config: Config, checkpoint: str | os.PathLike, model_overrides: dict | None = None) -> Config:
-    """The config of fine-tuning `checkpoint` with `config`'s recipe.
-
-    From the checkpoint come the network (the `[model]` section, with the class count left to the new
-    store) and what its input depends on (crop, normalisation, input scale); from `config` the data
-    store, the optimiser, schedule, budget and the rest. `model_overrides` ({key: value} of `[model]`)
-    are the user's own choices, applied on top; an architecture that cannot take the weights fails when
-    they are loaded, naming the layers that do not fit.
-    """
-    source = read_trained_config(checkpoint)
-    model = {**asdict(source.model), "num_classes": None, **(model_overrides or {})}
-    data = replace(
-        config.data, crop=source.data.crop, normalize=source.data.normalize, input_scale=source.data.input_scale
-    )
-    return replace(config, model=ModelConfig(**model), data=data)
 
 
 def finetune(

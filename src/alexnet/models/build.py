@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -66,6 +66,23 @@ def read_trained_config(path: str | os.PathLike) -> Config:
     if "config" not in metadata:
         raise CheckpointError(f"{path} carries no training config in its metadata (not written by alexnet export)")
     return config_from_dict(json.loads(metadata["config"]), str(path))
+
+
+def finetune_config(config: Config, checkpoint: str | os.PathLike, model_overrides: dict | None = None) -> Config:
+    """The config of fine-tuning `checkpoint` with `config`'s recipe.
+
+    From the checkpoint come the network (the `[model]` section, with the class count left to the new
+    store) and what its input depends on (crop, normalisation, input scale); from `config` the data
+    store, the optimiser, schedule, budget and the rest. `model_overrides` ({key: value} of `[model]`)
+    are the user's own choices, applied on top; an architecture that cannot take the weights fails when
+    they are loaded, naming the layers that do not fit.
+    """
+    source = read_trained_config(checkpoint)
+    model = {**asdict(source.model), "num_classes": None, **(model_overrides or {})}
+    data = replace(
+        config.data, crop=source.data.crop, normalize=source.data.normalize, input_scale=source.data.input_scale
+    )
+    return replace(config, model=ModelConfig(**model), data=data)
 
 
 def load_pretrained(model: nn.Module, path: str | os.PathLike) -> list[str]:
