@@ -61,6 +61,8 @@ def test_run_folder_holds_config_metrics_plot_events_and_checkpoints(reference):
     assert logged == [(m["epoch"], pytest.approx(m["val_top1_error"])) for m in lines]
     assert [e.value for e in events.Scalars("lr")] == pytest.approx([m["lr"] for m in lines])
     assert "[optim]" in (run / "config.toml").read_text()
+    env = json.loads((run / "environment.json").read_text())
+    assert env["torch"] == torch.__version__ and env["allocator"] and env["lrn_cpu"] in ("cpp", "torch")
     latest = load_checkpoint(run / "checkpoints" / "latest.pt")
     assert (latest["epoch"], latest["batch"], latest["step"]) == (3, 0, 48)
     assert latest["class_names"][0] == "tench" and len(latest["rng"]) == 1

@@ -15,9 +15,12 @@ and load cancel out as far as they can:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import statistics
+import subprocess
+import sys
 import tarfile
 import tempfile
 import threading
@@ -180,10 +183,25 @@ def extract_train(archive: Path, dest: Path) -> Path:
     return next(dest.glob("*/train"))
 
 
+def reference_rate_under_glibc(root: Path, batch: int, workers: int, batches: int) -> float:
+    """torchvision's reference pipeline as a user runs it: a fresh process on the system allocator."""
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and not k.startswith("MIMALLOC_")}
+    env["ALEXNET_ALLOCATOR"] = "system"
+    code = ("from pathlib import Path; from alexnet.benchmark import rate, reference_pipeline; "
+            f"print(rate(reference_pipeline(Path({str(root)!r}), {batch}, {workers}), {batches}))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def input_pipeline(store: Store, archive: Path, work: Path, batch: int, workers: int, batches: int) -> dict:
+    """Ours (this process) vs torchvision's reference under glibc, as a user would run it, and under this
+    process's allocator."""
+    root = extract_train(archive, work / "jpeg")
     ours = rate(our_pipeline(store, batch, workers), batches)
-    theirs = rate(reference_pipeline(extract_train(archive, work / "jpeg"), batch, workers), batches)
-    return {"ours_memmap_images_per_s": ours, "torchvision_images_per_s": theirs, "ratio": ours / theirs}
+    theirs = reference_rate_under_glibc(root, batch, workers, batches)
+    theirs_here = rate(reference_pipeline(root, batch, workers), batches)
+    return {"ours_memmap_images_per_s": ours, "torchvision_images_per_s": theirs, "ratio": ours / theirs,
+            "torchvision_same_allocator_images_per_s": theirs_here, "ratio_same_allocator": ours / theirs_here}
 
 
 class AnonPeak:
@@ -238,7 +256,7 @@ def end_to_end(store_path: Path, work: Path, steps: int, precision: str, model_r
     config = load_config("demo", [f"data.store={store_path}", "data.in_memory=false", f"run.precision={precision}",
                                   "run.plan_budget=false", "run.budget_minutes=0", f"run.budget_steps={steps}",
                                   "run.checkpoint_every_minutes=0", "run.checkpoint_every_epochs=0"])
-    with AnonPeak() as peak:
+    with AnonPeak() as peak, contextlib.redirect_stdout(sys.stderr):  # fit's epoch line is not the result
         summary = fit(config, work / "e2e", progress=False)
     rate = summary["last"]["images_per_s"]
     return {"steps": steps, "precision": precision, "images_per_s": rate, "model_only_images_per_s": model_rate,
@@ -270,9 +288,9 @@ def run_benchmark(store: str | os.PathLike, rounds: int = 3, batch: int = 128, e
         model_rate = result["train"]["bf16"]["images_per_s"]["alexnet"]
         pipe["ratio_to_model_bf16"] = pipe["ours_memmap_images_per_s"] / model_rate
         result["input_pipeline"] = pipe
-        log(f"input pipeline: ours {pipe['ours_memmap_images_per_s']:.0f}, torchvision "
-            f"{pipe['torchvision_images_per_s']:.0f} img/s, ratio {pipe['ratio']:.1f}; "
-            f"{pipe['ratio_to_model_bf16']:.0f}x the bf16 training rate")
+        log(f"input pipeline: ours {pipe['ours_memmap_images_per_s']:.0f}, torchvision (glibc) "
+            f"{pipe['torchvision_images_per_s']:.0f} img/s, ratio {pipe['ratio']:.1f} (same allocator: "
+            f"{pipe['ratio_same_allocator']:.1f}); {pipe['ratio_to_model_bf16']:.0f}x the bf16 training rate")
         result["end_to_end"] = end_to_end(store_path, Path(tmp), e2e_steps, "bf16", model_rate)
         e2e = result["end_to_end"]
         log(f"end to end ({e2e_steps} steps, bf16, memmap): {e2e['images_per_s']:.1f} img/s = {e2e['ratio']:.2f}x "

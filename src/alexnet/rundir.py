@@ -1,6 +1,7 @@
 """A run is a folder; this module knows its layout and writes its logs.
 
     RUN/config.toml                 the resolved config
+    RUN/environment.json            versions, CPU, device, threads, allocator, LRN path (`alexnet info`)
     RUN/checkpoints/latest.pt       everything needed to continue exactly (`alexnet.checkpoint.TrainingState`)
     RUN/checkpoints/best.pt         the model with the lowest validation top-1 error so far
     RUN/metrics.jsonl               one JSON line per epoch
@@ -25,6 +26,10 @@ class RunPaths:
     @property
     def config(self) -> Path:
         return self.root / "config.toml"
+
+    @property
+    def environment(self) -> Path:
+        return self.root / "environment.json"
 
     @property
     def checkpoints(self) -> Path:

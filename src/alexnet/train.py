@@ -13,6 +13,7 @@ that cannot start leaves no folder behind.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -40,7 +41,8 @@ from alexnet.distributed import (
     init_distributed,
 )
 from alexnet.engine import Counts, EpochStats, autocast_context, evaluate, predict, train_one_epoch
-from alexnet.fsutil import remove_temporaries
+from alexnet.fsutil import atomic_write, remove_temporaries
+from alexnet.info import environment
 from alexnet.model_parallel import place_model, single_state_dict
 from alexnet.models.build import build_model, finetune_config, load_pretrained
 from alexnet.optim import LinearSchedule, Schedule, build_optimizer, build_schedule
@@ -128,6 +130,8 @@ def _fit(config: Config, paths: RunPaths, resume: bool, pretrained, progress: bo
         paths.checkpoints.mkdir(parents=True, exist_ok=True)
         remove_temporaries(paths.root)  # left by a process killed mid-write
         save_config(config, paths.config)
+        env = json.dumps(environment(config.run.device), indent=2) + "\n"
+        atomic_write(paths.environment, lambda f: f.write(env.encode()))
     forward = torch.compile(run.model) if config.run.compile else run.model
     eval_model = torch.compile(run.raw) if config.run.compile else run.raw
     autocast = autocast_context(info.device, config.run.precision)
