@@ -59,6 +59,7 @@ def test_a_budgeted_run_plans_anneals_and_ends_within_its_budget(store, tmp_path
 
 
 
+@pytest.mark.slow
 def test_a_slower_machine_plans_fewer_steps(store, tmp_path):
     totals = []
     for tick in (0.5, 1.0):

@@ -96,6 +96,7 @@ def test_a_missing_store_leaves_no_run_folder(tmp_path, capsys):
     assert "nowhere" in capsys.readouterr().err and not run.exists()
 
 
+@pytest.mark.slow
 def test_a_bad_device_from_the_real_command_line_is_one_line_without_traceback(store, tmp_path):
     out = subprocess.run(
         alexnet_cmd("train", "--data", str(store), "--run-dir", str(tmp_path / "r"), *TINY, "--set", "run.device=tpu"),

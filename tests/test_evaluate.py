@@ -98,6 +98,7 @@ def test_per_class_csv(setup, tmp_path):
     assert 1 - total / IMAGES == pytest.approx(result["top1_error"])
 
 
+@pytest.mark.slow
 def test_predict_prints_names_and_probabilities(setup, tmp_path):
     store_path, store, paths, models = setup
     images = []

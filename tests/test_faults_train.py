@@ -176,6 +176,7 @@ class _Payload:
         return os.system, (f"touch {self.marker}",)
 
 
+@pytest.mark.slow
 def test_checkpoint_carrying_code_is_refused_and_the_code_never_runs(tmp_path, store):
     marker = tmp_path / "payload-ran"
     evil = tmp_path / "evil.pt"
@@ -198,6 +199,7 @@ def test_checkpoint_carrying_code_is_refused_and_the_code_never_runs(tmp_path, s
     assert marker.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -220,6 +222,7 @@ def test_bad_config_values_list_what_is_valid(args, expected, tmp_path):
     assert re.search(expected, out.stderr), out.stderr
 
 
+@pytest.mark.slow
 def test_config_file_with_unknown_key_lists_valid_keys(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[run]\nepoch = 3\n")
