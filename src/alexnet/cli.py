@@ -160,6 +160,17 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(run_dir=args.run_dir, minutes=args.minutes, as_json=args.json)
 
 
+def _kernels(args: argparse.Namespace) -> int:
+    from alexnet.analysis.kernels import describe, draw, format_description
+    from alexnet.models.build import load_trained
+
+    trained = load_trained(args.checkpoint)
+    out = args.out or str(Path(args.checkpoint).with_suffix(".kernels.png"))
+    info = {**describe(trained), "image": str(draw(trained, out))}
+    _print(info, args.json, format_description(info) + f"\n  figure: {info['image']}")
+    return 0
+
+
 def _benchmark(args: argparse.Namespace) -> int:
     from alexnet.benchmark import run_benchmark
     from alexnet.demo import demo_store
@@ -325,6 +336,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value (repeatable)")
     p.set_defaults(func=_config_show)
+
+    p = _add(sub, "kernels", "Figure 3: the first layer's kernels, one block per tower, and their colour share",
+             "Draws the conv1 kernels (each scaled to its own range) and measures, per tower, the share of the "
+             "kernels' energy outside the grey axis of RGB: 0 for kernels that see only luminance, 1 for pure "
+             "colour, 2/3 for random weights. Section 6.1 saw one tower colour-agnostic, the other colour-specific.",
+             "alexnet kernels runs/demo-TIME/checkpoints/best.pt --out kernels.png")
+    p.add_argument("checkpoint", help="checkpoint (.pt) of a trained network")
+    p.add_argument("--out", default=None, help="PNG to write (default: beside the checkpoint, NAME.kernels.png)")
+    p.add_argument("--json", action="store_true", help="print JSON, per-kernel shares included")
+    p.set_defaults(func=_kernels)
 
     p = _add(sub, "benchmark", "ours vs torchvision's, measured in one run on this machine",
              "Training steps (fp32, bf16) of the paper net, the paper net without LRN and torchvision's AlexNet "
