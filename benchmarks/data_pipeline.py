@@ -11,35 +11,16 @@ measured by ``alexnet benchmark``; pass it with ``--model-rate`` to print the ra
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import resource
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import torch
-
-from alexnet.benchmark import extract_train, rate, reference_pipeline
-from alexnet.config import AugmentConfig
-from alexnet.data.augment import Augmenter
-from alexnet.data.loader import TrainBatches
+from alexnet.benchmark import extract_train, our_pipeline, rate, reference_pipeline
 from alexnet.data.store import Store
 from alexnet.info import environment
 from alexnet.paths import resolve_source
-from alexnet.seeding import batch_generator
-
-
-def ours(store: Store, in_memory: bool, batch_size: int, workers: int, device: str) -> Iterator[torch.Tensor]:
-    """Augmented float32 training batches, epoch after epoch, the paper's recipe (Section 4.1)."""
-    batches = TrainBatches.from_store(
-        store, batch_size=batch_size, seed=0, device=device, in_memory=in_memory, workers=workers
-    )
-    aug = Augmenter(AugmentConfig(), store.mean, store.eigvals, store.eigvecs, device=device)
-    for epoch in itertools.count():
-        for k, images, _ in batches.epoch(epoch):
-            yield aug.train(images, batch_generator(0, epoch, k, device))
 
 
 def main() -> int:
@@ -58,7 +39,7 @@ def main() -> int:
     rates = {}
     for mode, in_memory in (("in_memory", True), ("memmap", False)):
         start = time.perf_counter()
-        batches = ours(store, in_memory, args.batch_size, args.workers, args.device)
+        batches = our_pipeline(store, args.batch_size, args.workers, in_memory, args.device)
         next(batches)  # includes loading the split for in_memory
         setup = time.perf_counter() - start
         rates[mode] = {"images_per_s": rate(batches, args.batches, warmup=1), "setup_s": setup}

@@ -174,3 +174,10 @@ def test_groups_normalise_each_tower_on_its_own(backend):
                        local_response_norm(x.detach(), groups=2, backend=backend)[:, :6])
     with pytest.raises(ValueError, match="divide"):
         local_response_norm(x, groups=5)
+
+
+def test_reporting_the_lrn_path_does_not_build_the_kernel_unless_asked():
+    code = ("from alexnet.models.lrn import cpp_kernel_available, lrn_path; "
+            "print(lrn_path(build=False)[0], cpp_kernel_available.cache_info().currsize)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.split() == ["not", "built", "0"]

@@ -158,12 +158,15 @@ def reference_pipeline(root: Path, batch: int, workers: int) -> Iterator[torch.T
         yield from (images for images, _ in loader)
 
 
-def our_pipeline(store: Store, batch: int, workers: int) -> Iterator[torch.Tensor]:
-    batches = TrainBatches.from_store(store, batch_size=batch, seed=0, in_memory=False, workers=workers)
-    aug = Augmenter(AugmentConfig(), store.mean, store.eigvals, store.eigvecs)
+def our_pipeline(store: Store, batch: int, workers: int, in_memory: bool = False,
+                 device: str = "cpu") -> Iterator[torch.Tensor]:
+    """Augmented float32 training batches, epoch after epoch, the paper's recipe (Section 4.1)."""
+    batches = TrainBatches.from_store(store, batch_size=batch, seed=0, in_memory=in_memory, workers=workers,
+                                      device=device)
+    aug = Augmenter(AugmentConfig(), store.mean, store.eigvals, store.eigvecs, device=device)
     for epoch in itertools.count():
         for k, images, _ in batches.epoch(epoch):
-            yield aug.train(images, batch_generator(0, epoch, k))
+            yield aug.train(images, batch_generator(0, epoch, k, device))
 
 
 def rate(batches: Iterator[torch.Tensor], count: int, warmup: int = 2) -> float:

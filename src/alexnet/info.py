@@ -35,7 +35,7 @@ def cpu_model() -> str:
 def environment(device: str = "auto") -> dict:
     """The facts, as a JSON-ready dict."""
     dev = resolve_device(device)
-    path, why = lrn_path()
+    path, why = lrn_path(build=dev.type == "cpu")
     return {
         "alexnet": __version__,
         "python": platform.python_version(),

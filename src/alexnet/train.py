@@ -207,16 +207,14 @@ def _plan_budget(run: Run, pos: Position, control: Control, paths: RunPaths) -> 
 
 
 def _time_validation(run: Run, clock: Callable[[], float], batches: int = 2) -> float:
-    """Seconds for one centre-crop validation pass, from timing its first `batches` batches."""
-    images, t0 = 0, clock()
+    """Seconds for this process's centre-crop validation pass, from timing its first `batches` batches."""
+    timed, t0 = 0, clock()
     autocast = autocast_context(run.info.device, run.config.run.precision)
-    for probs, _ in islice(predict(run.raw, run.eval_batches, run.augmenter.center, autocast=autocast,
-                                   channels_last=run.config.run.channels_last), batches):
-        images += probs.shape[0]
+    for _ in islice(predict(run.raw, run.eval_batches, run.augmenter.center, autocast=autocast,
+                            channels_last=run.config.run.channels_last), batches):
+        timed += 1
     run.raw.train()
-    seconds = clock() - t0
-    total = int(all_reduce_sum(torch.tensor([len(run.store.labels(run.store.eval_split))])).item())
-    return seconds / max(images, 1) * total / run.info.world_size
+    return (clock() - t0) / max(timed, 1) * len(run.eval_batches)
 
 
 def _resume_state(paths: RunPaths, config: Config, resume: bool, info: DistInfo) -> TrainingState | None:

@@ -52,12 +52,15 @@ _SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "lrn.cpp"
 _BUILD_ERROR: list[str] = []  # why the C++ kernel could not be built, once it was tried
 
 
-def lrn_path() -> tuple[str, str]:
-    """Which LRN runs on CPU tensors and why: ("cpp" | "torch", reason). Builds the kernel if needed.
+def lrn_path(build: bool = True) -> tuple[str, str]:
+    """Which LRN runs on CPU tensors and why: ("cpp" | "torch" | "not built", reason). Builds the kernel
+    if needed, unless `build` is False and nothing has built it yet (a GPU run need not compile it).
     On CUDA the pure-PyTorch Function always runs (fused by torch.compile when the run compiles)."""
     mode = os.environ.get("ALEXNET_LRN", "auto")
     if mode == "torch":
         return "torch", "ALEXNET_LRN=torch forces the pure-PyTorch LRN"
+    if not build and cpp_kernel_available.cache_info().currsize == 0:
+        return "not built", "nothing ran on the CPU yet; `alexnet info --device cpu` builds and reports it"
     if cpp_kernel_available():
         return "cpp", f"the fused C++ kernel ({_SOURCE.name}), built for this CPU and cached by torch"
     return "torch", f"the C++ kernel could not be built: {_BUILD_ERROR[0] if _BUILD_ERROR else 'unknown'}"
