@@ -67,3 +67,18 @@ def test_onnx_matches_pytorch_under_onnxruntime(tmp_path, name, size):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert json.loads(props["classes"]) == CLASSES and "/ 64.0" in props["input"]
+
+
+def test_exported_weights_load_as_a_trained_network(tmp_path):
+    from alexnet.models.build import load_trained
+
+    model, path = _checkpoint(tmp_path, "cifar_relu", 32)
+    loaded = load_trained(export(path, "safetensors"))
+    assert loaded.classes == CLASSES and loaded.class_names[2] == "cassette player"
+    assert loaded.config.data.input_scale == 64.0 and loaded.mean.shape == (3, 36, 36)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), model(x))
+    (tmp_path / "cifar_relu.mean.npy").unlink()
+    with pytest.raises(Exception, match="mean image"):
+        load_trained(tmp_path / "cifar_relu.safetensors")

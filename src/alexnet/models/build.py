@@ -12,6 +12,7 @@ import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -129,12 +130,27 @@ class Trained:
 
 
 def load_trained(path: str | os.PathLike, device: torch.device | str = "cpu") -> Trained:
-    """Rebuild the network a checkpoint (`latest.pt`, `best.pt`) was trained as and load its weights."""
-    state = TrainingState.load(path)
-    model = build_model(state.config.model)
+    """Rebuild the network a checkpoint (`latest.pt`, `best.pt`) or an exported weights file
+    (`.safetensors` with its `NAME.mean.npy` beside it, as `alexnet export` and `alexnet import-caffe`
+    write them) was trained as, and load its weights."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        weights, metadata = load_weights(path)
+        config = read_trained_config(path)
+        mean_path = path.with_name(metadata.get("input_mean_file", path.with_suffix(".mean.npy").name))
+        if not mean_path.is_file():
+            raise CheckpointError(f"{path} needs its mean image {mean_path} beside it (written by alexnet export)")
+        mean = torch.from_numpy(np.load(mean_path, allow_pickle=False).astype(np.float32))
+        classes = json.loads(metadata.get("classes", "[]"))
+        names = json.loads(metadata.get("class_names", "[]")) or classes
+    else:
+        state = TrainingState.load(path)
+        weights, config, classes, names, mean = (state.model, state.config, state.classes, state.class_names,
+                                                 state.mean)
+    model = build_model(config.model)
     try:
-        model.load_state_dict(state.model)
+        model.load_state_dict(weights)
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: the weights do not fit {state.config.model.name}: {e}") from None
+        raise CheckpointError(f"{path}: the weights do not fit {config.model.name}: {e}") from None
     model.to(device).eval()
-    return Trained(model, state.config, state.classes, state.class_names, state.mean, Path(path))
+    return Trained(model, config, classes, names, mean, path)
