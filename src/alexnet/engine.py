@@ -38,7 +38,7 @@ class EpochStats:
         return asdict(self)
 
 
-def _progress(total: int, initial: int, desc: str, enabled: bool) -> tqdm:
+def progress_bar(total: int, initial: int, desc: str, enabled: bool) -> tqdm:
     # disable=None lets tqdm switch itself off when stderr is not a terminal
     return tqdm(
         total=total,
@@ -82,7 +82,7 @@ def train_one_epoch(
     """
     model.train()
     ctx = autocast or contextlib.nullcontext()
-    bar = _progress(total, start_batch, f"epoch {epoch + 1}", progress)
+    bar = progress_bar(total, start_batch, f"epoch {epoch + 1}", progress)
     stopped = False
     tick = time.perf_counter()
     try:
@@ -187,7 +187,7 @@ def predict(
     """
     model.eval()
     ctx = autocast or contextlib.nullcontext()
-    bar = _progress(total or 0, 0, "eval", progress)
+    bar = progress_bar(total or 0, 0, "eval", progress)
     try:
         for images, labels in batches:
             x = views(images)

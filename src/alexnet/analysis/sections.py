@@ -1,0 +1,55 @@
+"""Where a checkpoint's analyses go, and the one file format they share with `alexnet report`.
+
+Each analysis (kernels, predictions, retrieval, codes) writes ``NAME.json`` (and usually ``NAME.png``)
+into the analysis folder of the checkpoint's run: ``RUN_DIR/analysis/`` for a checkpoint inside a run
+folder (``RUN_DIR/checkpoints/best.pt``), else ``STEM.analysis/`` beside the file (an exported or
+imported ``.safetensors``). The JSON is an object with
+
+* ``title``: a heading;
+* ``summary``: a paragraph saying what was measured and what it shows;
+* ``image`` (optional): a PNG's file name in the same folder;
+* ``table`` (optional): ``{"columns": [...], "rows": [[...], ...]}``;
+
+and any other keys (the full numbers), which the report ignores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from alexnet.fsutil import atomic_write
+
+
+def analysis_dir(checkpoint: str | os.PathLike) -> Path:
+    """The folder a checkpoint's analyses are written to (created)."""
+    path = Path(checkpoint)
+    run = path.parent.parent
+    if path.parent.name == "checkpoints" and (run / "config.toml").is_file():
+        folder = run / "analysis"
+    else:
+        folder = path.with_name(f"{path.stem}.analysis")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def write_section(
+    folder: str | os.PathLike,
+    name: str,
+    title: str,
+    summary: str,
+    image: str | os.PathLike | None = None,
+    table: dict | None = None,
+    **details: object,
+) -> Path:
+    """Write ``folder/NAME.json`` in the shared format; returns its path."""
+    doc: dict = {"title": title, "summary": summary}
+    if image is not None:
+        doc["image"] = Path(image).name
+    if table is not None:
+        doc["table"] = table
+    doc.update(details)
+    out = Path(folder) / f"{name}.json"
+    atomic_write(out, lambda f: f.write(json.dumps(doc, indent=2).encode()))
+    return out
