@@ -25,7 +25,7 @@ from alexnet.models.build import Trained, load_trained
 
 def _metadata(loaded: Trained, out: Path) -> dict[str, str]:
     return {
-        "input_mean_file": _mean_path(out).name,
+        "input_mean_file": mean_path(out).name,
         "model": loaded.config.model.name,
         "classes": json.dumps(loaded.classes),
         "class_names": json.dumps(loaded.class_names),
@@ -66,17 +66,25 @@ def export_onnx(loaded: Trained, out: Path, opset: int = 17) -> Path:
     return out
 
 
+EXPORTERS = {"safetensors": export_safetensors, "onnx": export_onnx}
+
+
 def export(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike | None = None) -> Path:
     """Write `checkpoint` as `fmt` ("safetensors" or "onnx") to `out` (default: beside it); returns the
     path."""
-    exporters = {"safetensors": export_safetensors, "onnx": export_onnx}
-    if fmt not in exporters:
-        raise ValueError(f"export format {fmt!r} is not one of {', '.join(exporters)}")
+    if fmt not in EXPORTERS:
+        raise ValueError(f"export format {fmt!r} is not one of {', '.join(EXPORTERS)}")
     path = Path(out) if out is not None else Path(checkpoint).with_suffix(f".{fmt}")
-    loaded = load_trained(checkpoint)
-    atomic_write(_mean_path(path), lambda f: np.save(f, loaded.mean.numpy().astype(np.float32)))
-    return exporters[fmt](loaded, path)
+    return export_trained(load_trained(checkpoint), fmt, path)
 
 
-def _mean_path(out: Path) -> Path:
+def export_trained(loaded: Trained, fmt: str, out: Path) -> Path:
+    """Write a network in memory (loaded from a checkpoint, or imported by `alexnet.caffe`) as `fmt`, with
+    its mean image beside it (`mean_path`); returns `out`."""
+    atomic_write(mean_path(out), lambda f: np.save(f, loaded.mean.numpy().astype(np.float32)))
+    return EXPORTERS[fmt](loaded, out)
+
+
+def mean_path(out: Path) -> Path:
+    """Where the mean image of an exported file `out` goes: NAME.mean.npy beside it."""
     return out.with_suffix(".mean.npy")

@@ -105,6 +105,11 @@ class TowerParallel(nn.Module):
                 f"{type(model).__name__} with towers={model.config.towers} has no towers to place; model "
                 "parallelism needs a two-tower network (alexnet and its two-tower ablations)"
             )
+        if getattr(model.config, "lrn_across_towers", False):
+            raise ValueError(
+                "this network's LRN normalises across both towers' maps (lrn_across_towers=True, as in "
+                "alexnet_caffe), which two devices holding one tower each cannot compute; use run.model_parallel = 1"
+            )
         self.devices = tuple(torch.device(d) for d in devices)
         self.source_keys = list(model.state_dict())
         self.towers = nn.ModuleList(Tower(model, t).to(d) for t, d in enumerate(self.devices))

@@ -16,7 +16,8 @@ Choices the paper leaves open, and what we do:
 * Response normalisation within a tower. Section 3.3 sums over "adjacent kernel maps"; on the paper's
   two GPUs each GPU normalised its own 48 (conv1) or 128 (conv2) maps (cuda-convnet's per-GPU rnorm
   layers), so the window never reaches across the tower boundary. We do the same (``towers=2``); the
-  single-tower variants normalise across all maps.
+  single-tower variants normalise across all maps, and so does ``lrn_across_towers=True`` (Caffe's
+  bvlc_alexnet, whose norm1 and norm2 see both towers' maps while conv2, conv4 and conv5 stay grouped).
 * Initialisation. ``init="paper"`` is Section 5 exactly: N(0, 0.01) weights, biases 1 in conv2, conv4,
   conv5, fc6, fc7 (and the extra conv6), 0 elsewhere. ``"cuda-convnet"`` is the 2012 code's std 0.03 for
   conv3-conv5 (and conv6). ``"kaiming"`` (He et al. 2015, fan-in, zero biases) is not the paper's; it is the
@@ -79,6 +80,7 @@ class AlexNetConfig:
     towers: int = 2  # the kernel maps of every layer are split into this many towers ("GPUs")
     lrn: bool = True  # False removes both LRN layers (the "no LRN" ablation)
     lrn_params: LRNParams = PAPER_LRN
+    lrn_across_towers: bool = False  # True: the LRN window crosses the tower boundary (Caffe's bvlc_alexnet)
     pool_kernel: int = 3  # z
     pool_stride: int = 2  # s; z = s = 2 is the non-overlapping ablation
     dropout: float = 0.5
@@ -130,6 +132,7 @@ class AlexNet(nn.Module):
         specs = cfg.convs + ((cfg.extra_conv,) if cfg.extra_conv is not None else ())
         p = cfg.lrn_params
         lrn = (p.size, p.alpha, p.beta, p.k)
+        lrn_groups = 1 if cfg.lrn_across_towers else cfg.towers
         for spec in specs:
             # conv1's towers both read the image; on the CPU its weight gradient is faster per tower.
             per_tower = cfg.towers == 2 and in_channels == 3 and spec.groups == 1
@@ -140,10 +143,10 @@ class AlexNet(nn.Module):
             layers: list[nn.Module] = [] if fuse_relu and spec.lrn and cfg.lrn else [act()]
             if spec.lrn and cfg.lrn and spec.pool:
                 layers.append(LRNMaxPool(*lrn, relu=fuse_relu, pool_kernel=cfg.pool_kernel,
-                                         pool_stride=cfg.pool_stride, groups=cfg.towers))
+                                         pool_stride=cfg.pool_stride, groups=lrn_groups))
             else:
                 if spec.lrn and cfg.lrn:
-                    layers.append(LocalResponseNorm(*lrn, relu=fuse_relu, groups=cfg.towers))
+                    layers.append(LocalResponseNorm(*lrn, relu=fuse_relu, groups=lrn_groups))
                 if spec.pool:
                     layers.append(nn.MaxPool2d(cfg.pool_kernel, cfg.pool_stride))
             setattr(self, f"{spec.name}_post", nn.Sequential(*layers))

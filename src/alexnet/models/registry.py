@@ -14,6 +14,7 @@ from dataclasses import replace
 from torch import nn
 
 from alexnet.models.alexnet import AlexNet, AlexNetConfig, ConvSpec, paper_convs
+from alexnet.models.lrn import LRNParams
 from alexnet.models.owt import AlexNetOWT
 from alexnet.models.small import CifarNet
 
@@ -25,6 +26,10 @@ def _halve_towers(input_size: int) -> tuple[ConvSpec, ...]:
         for s in paper_convs(input_size)
     )
 
+
+# Caffe's LRN layer computes x / (k + alpha / n * sum x^2) ^ beta, k = 1 by default; bvlc_alexnet's norm1 and
+# norm2 set n = 5, alpha = 1e-4, beta = 0.75. Our formula does not divide alpha by n, hence 1e-4 / 5 here.
+CAFFE_LRN = LRNParams(size=5, alpha=1e-4 / 5, beta=0.75, k=1.0)
 
 # name -> (description, function of input_size returning the changes to AlexNetConfig's defaults)
 _PAPER_VARIANTS: dict[str, tuple[str, Callable[[int], dict]]] = {
@@ -51,6 +56,11 @@ _PAPER_VARIANTS: dict[str, tuple[str, Callable[[int], dict]]] = {
     "alexnet_6conv": (
         "an extra conv6 over pool5 (the '1 CNN*' rows): 256 3x3 kernels, padding 1, per tower, bias 1",
         lambda n: {"extra_conv": ConvSpec("conv6", 256, 3, padding=1, groups=2, bias=1.0)},
+    ),
+    "alexnet_caffe": (
+        "Caffe's bvlc_alexnet (alexnet import-caffe): the paper's net with Caffe's LRN (alpha/n, k = 1) "
+        "across both towers; Caffe's own input is 227",
+        lambda n: {"lrn_params": CAFFE_LRN, "lrn_across_towers": True},
     ),
 }
 
