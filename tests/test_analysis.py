@@ -54,4 +54,6 @@ def test_kernels_command_on_a_trained_checkpoint(tmp_path, capsys):
     assert main(["kernels", str(ckpt), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert len(info["towers"]) == 1 and len(info["towers"][0]["colour_share"]) == 32  # cifar_relu: 32 kernels
-    assert Path(info["image"]).is_file() and info["image"].endswith("latest.kernels.png")
+    assert Path(info["image"]).is_file() and info["image"] == str(tmp_path / "run" / "analysis" / "kernels.png")
+    section = json.loads((tmp_path / "run" / "analysis" / "kernels.json").read_text())
+    assert section["image"] == "kernels.png" and "colour share" in section["summary"]

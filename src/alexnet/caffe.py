@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from alexnet.config import Config, load_config
-from alexnet.data.labels import class_names
+from alexnet.data.labels import class_names, imagenet_synsets
 from alexnet.errors import CheckpointError
 from alexnet.export import export_trained, mean_path
 from alexnet.models.build import Trained, build_model
@@ -355,7 +355,8 @@ def import_caffe(
     Args:
         caffemodel: ``bvlc_alexnet.caffemodel`` (see the module docstring for where to get it).
         out: the weights file to write, ``NAME.safetensors``; its mean image goes beside it (``NAME.mean.npy``).
-        synset_words: Caffe's ``synset_words.txt`` for the class wnids and names; None: classes "0".."999".
+        synset_words: Caffe's ``synset_words.txt`` for the class wnids and names; None: the ILSVRC-2012
+            synsets in sorted order (Caffe's label order) with our names for them.
         mean: Caffe's mean image (``.binaryproto`` or ``.npy``); None: its per-channel mean (`BGR_MEAN`).
 
     Returns:
@@ -368,8 +369,9 @@ def import_caffe(
     config = caffe_config()
     num_classes = config.model.num_classes
     if synset_words is None:  # the small files first: a mistake in them costs no 233 MB read
-        classes = [str(i) for i in range(num_classes)]
-        names, source = classes, f"indices 0..{num_classes - 1} (no synset_words given)"
+        # Caffe's fc8 follows the ILSVRC-2012 synsets in sorted order, the order our labels use.
+        classes = list(imagenet_synsets())
+        names, source = class_names(classes), "the 1000 ILSVRC-2012 synsets in sorted order (no synset_words given)"
     else:
         classes, names = read_synset_words(synset_words, num_classes)
         source = f"synset_words {synset_words}"

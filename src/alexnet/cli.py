@@ -140,9 +140,15 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from alexnet.evaluate import format_predictions, predict_files
 
-    results = predict_files([args.checkpoint, *args.ensemble], args.images, ten_crop=args.ten_crop,
-                            top=args.top, device=args.device)
-    _print(results, args.json, format_predictions(results))
+    checkpoints = [args.checkpoint, *args.ensemble]
+    results = predict_files(checkpoints, args.images, ten_crop=args.ten_crop, top=args.top, device=args.device)
+    human = format_predictions(results)
+    if args.figure:
+        from alexnet.analysis.predictions import predict_figure
+
+        drawn = predict_figure(checkpoints, args.images, args.figure, results, ten_crop=args.ten_crop)
+        human += f"\nfigure: {drawn['figure']}"
+    _print(results, args.json, human)
     return 0
 
 
@@ -161,13 +167,63 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _kernels(args: argparse.Namespace) -> int:
-    from alexnet.analysis.kernels import describe, draw, format_description
-    from alexnet.models.build import load_trained
+    from alexnet.analysis.kernels import write_kernels
 
-    trained = load_trained(args.checkpoint)
-    out = args.out or str(Path(args.checkpoint).with_suffix(".kernels.png"))
-    info = {**describe(trained), "image": str(draw(trained, out))}
-    _print(info, args.json, format_description(info) + f"\n  figure: {info['image']}")
+    info = write_kernels(args.checkpoint, args.out)
+    _print(info, args.json, info["text"])
+    return 0
+
+
+def _features(args: argparse.Namespace) -> int:
+    from alexnet.analysis.features import compute_features, format_features
+
+    found = compute_features(args.checkpoint, args.data, split=args.split, out=args.out, batch_size=args.batch_size,
+                             precision=args.precision, device=args.device, progress=not args.json)
+    result = {"path": str(found.path), "shape": list(found.vectors.shape), "dtype": "float16",
+              "reused": found.reused, "description": str(found.path.with_suffix(".json"))}
+    _print(result, args.json, format_features(found))
+    return 0
+
+
+def _retrieve(args: argparse.Namespace) -> int:
+    from alexnet.analysis import retrieval
+
+    if args.eval:
+        result = retrieval.evaluate_retrieval(args.checkpoint, args.data, k=args.k, precision=args.precision,
+                                              device=args.device, progress=not args.json)
+        _print(result, args.json, retrieval.format_evaluation(result))
+        return 0
+    result = retrieval.retrieve(args.checkpoint, args.data, queries=args.query, k=args.k, out=args.out,
+                                precision=args.precision, device=args.device, progress=not args.json)
+    _print(result, args.json, retrieval.format_retrieval(result))
+    return 0
+
+
+def _codes(args: argparse.Namespace) -> int:
+    from alexnet.analysis import codes
+
+    run = codes.train_codes if args.action == "train" else codes.evaluate_codes
+    options = {"epochs": args.epochs, "seed": args.seed} if args.action == "train" else {"k": args.k}
+    result = run(args.checkpoint, args.data, bits=tuple(args.bits), precision=args.precision, device=args.device,
+                 progress=not args.json, **options)
+    _print(result, args.json, codes.format_codes(result))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from alexnet.analysis.report import open_report, write_report
+
+    path = write_report(args.run_dir, args.out)
+    opened = open_report(path) if args.open else False
+    _print({"path": str(path), "opened": opened}, args.json, str(path))
+    return 0
+
+
+def _import_caffe(args: argparse.Namespace) -> int:
+    from alexnet.caffe import format_import, import_caffe
+
+    result = import_caffe(args.caffemodel, args.out, synset_words=args.synset_words, mean=args.mean)
+    _print(result, args.json, format_import(result))
     return 0
 
 
@@ -266,6 +322,9 @@ def _add_training_commands(sub) -> None:
                    help="another checkpoint to average with the first (repeatable)")
     p.add_argument("--ten-crop", action="store_true", help="average the softmax over the ten crops")
     p.add_argument("--top", type=int, default=5, help="classes shown per image")
+    p.add_argument("--figure", default=None, metavar="PNG",
+                   help="also draw Figure 4 (left): the images with their top classes as bars, the true class "
+                        "in red when the image's folder names it; NAME.json beside it describes the figure")
     _add_device(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_predict)
@@ -288,6 +347,84 @@ def _add_training_commands(sub) -> None:
     p.add_argument("--minutes", type=float, default=15.0, help="wall-time budget of the whole demo")
     p.add_argument("--json", action="store_true", help="end with the results as JSON")
     p.set_defaults(func=_demo)
+
+
+def _add_feature_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="checkpoint (.pt), or weights exported / imported (.safetensors)")
+    p.add_argument("--data", required=True, metavar="STORE", help="prepared store (path or name)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="arithmetic of the forward pass (bf16: about twice as fast on recent CPUs)")
+    _add_device(p)
+    p.add_argument("--json", action="store_true", help="print JSON (progress bars off)")
+
+
+def _add_analysis_commands(sub) -> None:
+    p = _add(sub, "features", "fc7 activations (after ReLU) of every image of a split, float16, memory-mapped",
+             "The 4096-d last hidden layer of Section 6.1, centre crop, one row per image in the split's order; "
+             "NAME.json beside the .npy holds file names, labels and classes. Computed once: a later call with "
+             "the same checkpoint, store, split and precision reuses the file. Load it with "
+             "numpy.load(PATH, mmap_mode='r').",
+             "alexnet features runs/demo-TIME/checkpoints/best.pt --data imagenette --split train")
+    _add_feature_options(p)
+    p.add_argument("--split", default=None, help="split (default: train)")
+    p.add_argument("--out", default=None, metavar="NPY",
+                   help="file to write (default: the analysis folder's features-STORE-SPLIT.npy)")
+    p.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
+    p.set_defaults(func=_features)
+
+    p = _add(sub, "retrieve", "Figure 4 (right): the training images nearest to a query in fc7 space",
+             "For each query (an index into the validation split, or an image file), the k training images whose "
+             "fc7 vectors are nearest in Euclidean distance, drawn as a grid (green: same class as the query). "
+             "--eval instead measures precision@k over the whole validation split, for fc7 and for raw pixels.",
+             "alexnet retrieve runs/demo-TIME/checkpoints/best.pt --data imagenette --query 12 --query photo.jpg")
+    _add_feature_options(p)
+    p.add_argument("--query", action="append", default=None, metavar="INDEX|FILE",
+                   help="validation-split index or image file (repeatable; default: 5 images of 5 classes)")
+    p.add_argument("--k", type=int, default=6, help="neighbours per query")
+    p.add_argument("--out", default=None, metavar="PNG", help="figure (default: the analysis folder's retrieval.png)")
+    p.add_argument("--eval", action="store_true", help="precision@1 and @k of fc7 vs pixels over the validation split")
+    p.set_defaults(func=_retrieve)
+
+    p = _add(sub, "codes", "binary codes of fc7 from an auto-encoder, searched by Hamming distance (Section 6.1)",
+             "train: one auto-encoder per code length on the training split's fc7 vectors (saved in the analysis "
+             "folder). eval: precision@k over the validation split for each code length, against codes from "
+             "random hyperplanes and Euclidean search on fc7 and on pixels, with bytes per image, queries per "
+             "second and a plot of precision against bits.",
+             "alexnet codes train runs/demo-TIME/checkpoints/best.pt --data imagenette && alexnet codes eval ...")
+    p.add_argument("action", choices=["train", "eval"], help="train the auto-encoders, or measure the codes")
+    _add_feature_options(p)
+    p.add_argument("--bits", type=int, nargs="+", default=[32, 64, 128, 256], help="code lengths")
+    p.add_argument("--epochs", type=int, default=10, help="train: passes over the training vectors")
+    p.add_argument("--seed", type=int, default=0, help="train: seed of the weights and batches")
+    p.add_argument("--k", type=int, default=6, help="eval: neighbours per query")
+    p.set_defaults(func=_codes)
+
+    p = _add(sub, "report", "one self-contained HTML page for a run folder",
+             "Config, curves, final metrics beside the paper's, environment, and every analysis in the run's "
+             "analysis folder (kernels, predictions, retrieval, codes). Images are embedded: the page needs no "
+             "network and no other file.",
+             "alexnet report runs/demo-TIME --open")
+    p.add_argument("run_dir", help="run folder")
+    p.add_argument("--out", default=None, help="HTML file (default: RUN_DIR/report.html)")
+    p.add_argument("--open", action="store_true", help="open it in the default browser")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_report)
+
+    p = _add(sub, "import-caffe", "Caffe's bvlc_alexnet.caffemodel as a paper-shaped network of this package",
+             "Reads the Caffe file without Caffe (both protobuf layouts), maps every layer by name into "
+             "alexnet_caffe (227-pixel input, Caffe's LRN constants across both groups, BGR weights turned to "
+             "RGB) and writes WEIGHTS.safetensors with NAME.mean.npy beside it, which predict, evaluate, kernels, "
+             "features, retrieve and codes take. Get the file (about 233 MB) from the Caffe model zoo: "
+             "http://dl.caffe.berkeleyvision.org/bvlc_alexnet.caffemodel.",
+             "alexnet import-caffe bvlc_alexnet.caffemodel --out bvlc_alexnet.safetensors")
+    p.add_argument("caffemodel", help="the .caffemodel file")
+    p.add_argument("--out", required=True, metavar="WEIGHTS.safetensors", help="weights file to write")
+    p.add_argument("--synset-words", default=None, metavar="TXT",
+                   help="Caffe's synset_words.txt (default: the ILSVRC-2012 synsets in sorted order, Caffe's)")
+    p.add_argument("--mean", default=None, metavar="BINARYPROTO|NPY",
+                   help="Caffe's mean image (default: its per-channel mean)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_import_caffe)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -343,9 +480,12 @@ def build_parser() -> argparse.ArgumentParser:
              "colour, 2/3 for random weights. Section 6.1 saw one tower colour-agnostic, the other colour-specific.",
              "alexnet kernels runs/demo-TIME/checkpoints/best.pt --out kernels.png")
     p.add_argument("checkpoint", help="checkpoint (.pt) of a trained network")
-    p.add_argument("--out", default=None, help="PNG to write (default: beside the checkpoint, NAME.kernels.png)")
+    p.add_argument("--out", default=None,
+                   help="PNG to write (default: kernels.png in the run's analysis folder, or STEM.analysis/ "
+                        "beside a file outside a run)")
     p.add_argument("--json", action="store_true", help="print JSON, per-kernel shares included")
     p.set_defaults(func=_kernels)
+    _add_analysis_commands(sub)
 
     p = _add(sub, "benchmark", "ours vs torchvision's, measured in one run on this machine",
              "Training steps (fp32, bf16) of the paper net, the paper net without LRN and torchvision's AlexNet "

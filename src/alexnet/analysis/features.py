@@ -189,15 +189,12 @@ def pixel_vectors(store: Store, split: str, side: int = 32, progress: bool = Fal
     """Raw pixels as the baseline of Section 6.1's comparison: each stored image averaged down to
     side x side (area averaging), RGB 0..255, flattened: (N, 3 * side * side) float32."""
     images = store.images(split)
-    if store.size % side:
-        raise ValueError(f"pixel side {side} must divide the store's image size {store.size}")
-    factor = store.size // side
     out = np.empty((len(images), 3 * side * side), dtype=np.float32)
     step = 256
     bar = progress_bar(-(-len(images) // step), 0, f"pixels {split}", progress)
     for a in range(0, len(images), step):
         batch = torch.from_numpy(np.ascontiguousarray(images[a : a + step])).float()
-        out[a : a + len(batch)] = torch.nn.functional.avg_pool2d(batch, factor).flatten(1).numpy()
+        out[a : a + len(batch)] = torch.nn.functional.adaptive_avg_pool2d(batch, side).flatten(1).numpy()
         bar.update(1)
     bar.close()
     return out

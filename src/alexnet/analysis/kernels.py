@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from alexnet.analysis.sections import analysis_dir, write_section
 from alexnet.fsutil import atomic_write
-from alexnet.models.build import Trained
+from alexnet.models.build import Trained, load_trained
 
 RANDOM_COLOUR_SHARE = 2 / 3
 
@@ -112,3 +113,21 @@ def format_description(info: dict) -> str:
                      f"{b['mean_colour_share']:.3f}, median {b['median_colour_share']:.3f}")
     lines.append(f"  (0 = grey only, 1 = colour only; random weights {RANDOM_COLOUR_SHARE:.3f})")
     return "\n".join(lines)
+
+
+def write_kernels(checkpoint: str | os.PathLike, out: str | os.PathLike | None = None) -> dict:
+    """Figure 3 for a checkpoint: the PNG (default: the analysis folder's kernels.png), the measure, and the
+    analysis section kernels.json beside the PNG; returns the description with the figure's path."""
+    trained = load_trained(checkpoint)
+    png = Path(out) if out is not None else analysis_dir(checkpoint) / "kernels.png"
+    info = {**describe(trained), "image": str(draw(trained, png))}
+    text = format_description(info)
+    towers = ", ".join(f"tower {b['tower']} {b['mean_colour_share']:.3f}" for b in info["towers"])
+    write_section(
+        png.parent, png.stem, "First-layer kernels (Figure 3)",
+        f"The {info['shape'][0]} conv1 kernels, each scaled to its own range, one block per tower. Mean colour "
+        f"share (energy outside RGB's grey axis; 0 = grey only, 1 = colour only, random weights "
+        f"{RANDOM_COLOUR_SHARE:.3f}): {towers}. The paper saw one tower largely colour-agnostic and the other "
+        "colour-specific.",
+        image=png, **{k: v for k, v in info.items() if k != "image"})
+    return {**info, "text": f"{text}\n  figure: {info['image']}"}

@@ -67,6 +67,12 @@ def precision_at_k(neighbour_labels: np.ndarray, query_labels: np.ndarray) -> fl
     return float((neighbour_labels == query_labels[:, None]).mean())
 
 
+def chance_precision(index_labels: np.ndarray, query_labels: np.ndarray) -> float:
+    """The precision of retrieving training images at random: the mean share of the query's class."""
+    counts = np.bincount(index_labels, minlength=int(max(index_labels.max(), query_labels.max())) + 1)
+    return float(np.mean(counts[query_labels] / len(index_labels)))
+
+
 def _query_images(trained: Trained, st: Store, queries: list[str]) -> tuple[torch.Tensor, list[dict]]:
     """uint8 images (Q, 3, S, S) and a description of each query: an index into the eval split or a file."""
     split = st.eval_split
@@ -193,7 +199,7 @@ def evaluate_retrieval(
     pixels_val = pixel_vectors(st, st.eval_split, PIXEL_SIDE, progress)
     rows.append(_measure(f"pixels {PIXEL_SIDE}x{PIXEL_SIDE}", pixels_train, train.labels, pixels_val, val.labels,
                          k, 1, progress))
-    chance = float(np.mean(np.bincount(train.labels, minlength=len(train.classes))[val.labels] / len(train.labels)))
+    chance = chance_precision(train.labels, val.labels)
     result = {"checkpoint": str(checkpoint), "store": str(st.root), "train_images": len(train.labels),
               "queries": len(val.labels), "k": k, "chance_precision": chance, "rows": rows}
     write_section(
