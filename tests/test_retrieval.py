@@ -175,3 +175,27 @@ def test_analysis_commands_on_a_trained_run_and_its_report(trained_run, capsys):
     for title in ("First-layer kernels", "Top-5 predictions", "Nearest training images", "Retrieval precision",
                   "Binary codes"):
         assert title in html
+
+
+def test_the_demo_ends_with_its_figures_and_report(tmp_path, monkeypatch, capsys):
+    import alexnet.demo
+    from alexnet.demo import run_demo
+
+    store = make_store(tmp_path, n_train=6, n_val=2)
+    (tmp_path / "cache" / "stores").mkdir(parents=True)
+    store.rename(tmp_path / "cache" / "stores" / "imagenette")
+    store = tmp_path / "cache" / "stores" / "imagenette"
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "cache"))
+    # the demo's own recipe trains the paper's net for minutes: the tiny net stands in for it
+    monkeypatch.setattr(alexnet.demo, "fit",
+                        lambda config, run_dir: fit(tiny_config(store, "run.epochs=1"), run_dir, progress=False))
+    run = tmp_path / "run"
+    assert run_demo(str(run), as_json=True) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out[out.rindex("\n{\n") + 1 :])  # the summary ends the output
+    assert Path(result["report"]) == run / "report.html"
+    for name in ("demo.json", "report.html", "analysis/kernels.png", "analysis/kernels.json",
+                 "analysis/predictions.png", "analysis/predictions.json"):
+        assert (run / name).is_file(), name
+    html = (run / "report.html").read_text()
+    assert "First-layer kernels" in html and "Top-5 predictions" in html and "Demo results" in html

@@ -3,7 +3,9 @@
 Finds Imagenette (imagenette2-224.tar.gz) under $ALEXNET_DATA, prepares it once into
 $ALEXNET_CACHE/stores/imagenette (default ~/.cache/alexnet), trains `alexnet` with the `demo` preset inside
 what is left of the budget after keeping time for the final ten-crop evaluation, then evaluates the centre
-crop (the last epoch's validation) and the ten crops, and prints where everything is.
+crop (the last epoch's validation) and the ten crops, draws the first-layer kernels (Figure 3) and the
+top-5 predictions on eight validation images (Figure 4, left), writes the run's report page and prints
+where everything is. The figures and the report take a few seconds, kept out of the training budget.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
+from alexnet.analysis.kernels import write_kernels
+from alexnet.analysis.predictions import store_predictions
+from alexnet.analysis.report import write_report
 from alexnet.config import load_config
 from alexnet.data.prepare import prepare_store
 from alexnet.evaluate import evaluate_checkpoints
@@ -22,6 +27,7 @@ from alexnet.paths import cache_dir, resolve_source
 from alexnet.train import fit
 
 IMAGENETTE = "imagenette2-224"
+FIGURES_RESERVE_S = 20.0  # kernels, eight predictions and the report after the ten crops (about 8 s measured)
 
 MISSING = """\
 alexnet demo needs Imagenette, and it is not here.
@@ -59,7 +65,8 @@ def run_demo(run_dir: str | None = None, minutes: float = 15.0, as_json: bool = 
         print(MISSING.format(reason=e), file=sys.stderr)
         return 2
     prepared = time.monotonic() - start
-    budget = minutes - prepared / 60  # training plans itself into this, keeping time for the ten crops
+    # training plans itself into this, keeping time for the ten crops; the figures' time is kept here
+    budget = minutes - prepared / 60 - FIGURES_RESERVE_S / 60
     if budget < 2:
         print(
             f"only {budget:.1f} minutes would be left for training of the {minutes:g}-minute budget; "
@@ -107,9 +114,18 @@ def run_demo(run_dir: str | None = None, minutes: float = 15.0, as_json: bool = 
         "stopped_by": summary["status"],
     }
     (run / "demo.json").write_text(json.dumps(result, indent=2) + "\n")
+    kernels = write_kernels(summary["latest"])
+    predictions = store_predictions(summary["latest"], store)
+    result["wall_s"] = time.monotonic() - start
+    (run / "demo.json").write_text(json.dumps(result, indent=2) + "\n")
+    report = write_report(run)  # with the final wall time
+    wall = result["wall_s"]
     if as_json:
-        print(json.dumps({**result, "run_dir": str(run), "checkpoint": summary["latest"]}, indent=2))
+        print(json.dumps({**result, "run_dir": str(run), "checkpoint": summary["latest"], "report": str(report)},
+                         indent=2))
         return 0
+
+    tower_shares = ", ".join(f"{b['mean_colour_share']:.2f}" for b in kernels["towers"])
 
     def accuracy(key: str) -> str:
         top1, top5 = result[f"{key}_top1_accuracy"], result[f"{key}_top5_accuracy"]
@@ -126,7 +142,11 @@ run folder   {run}
 curves       {summary["plot"]}
 metrics      {summary["metrics"]}  (TensorBoard: tensorboard --logdir {run / "tensorboard"})
 checkpoint   {summary["latest"]}  (best: {summary["best"]})
-try          alexnet predict {summary["latest"]} some_photo.jpg""",
+kernels      {kernels["image"]}  (Figure 3; mean colour share per tower: {tower_shares})
+predictions  {predictions["figure"]}  (Figure 4, left)
+report       {report}  (open it in a browser; alexnet report {run} --open)
+try          alexnet predict {summary["latest"]} some_photo.jpg
+             alexnet retrieve {summary["latest"]} --data {store}   (Figure 4, right)""",
         flush=True,
     )
     return 0

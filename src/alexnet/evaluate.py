@@ -156,18 +156,16 @@ def predict_files(
     pixels = load_images(images, first.mean.shape[-1]).to(dev)
     labels = torch.zeros(len(images), dtype=torch.int64)
     probs, _ = ensemble_probs(models, [(pixels, labels)], dev, ten_crop)
-    k = min(top, probs.shape[1])
-    values, indices = probs.topk(k, dim=1)
-    return [
-        {
-            "image": str(path),
-            "predictions": [
-                {"class": first.classes[i], "name": first.class_names[i], "probability": float(v)}
-                for v, i in zip(vals.tolist(), idx.tolist(), strict=True)
-            ],
-        }
-        for path, vals, idx in zip(images, values, indices, strict=True)
-    ]
+    return [{"image": str(path), "predictions": top_classes(p, first, top)}
+            for path, p in zip(images, probs, strict=True)]
+
+
+def top_classes(probs: torch.Tensor, trained: Trained, top: int = 5) -> list[dict]:
+    """The `top` most probable of one image's class probabilities (C,), most probable first:
+    [{"class": id, "name": name, "probability": p}, ...]."""
+    values, indices = probs.topk(min(top, len(probs)))
+    return [{"class": trained.classes[i], "name": trained.class_names[i], "probability": float(v)}
+            for v, i in zip(values.tolist(), indices.tolist(), strict=True)]
 
 
 def format_predictions(results: list[dict]) -> str:

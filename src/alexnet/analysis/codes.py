@@ -13,8 +13,9 @@ vectors to short binary codes" (the method of Krizhevsky and Hinton, 2011). Here
   What we tried first, on the demo's checkpoint on Imagenette (precision@6 over the validation split):
   semantic hashing's Gaussian noise on the code layer's input (standard deviation 4), without its RBM
   pre-training, left every 32-bit code identical (chance); straight-through codes from uncentred
-  vectors through a 1024-unit encoder gave 22 % at 32 bits and 42 % at 256; centring and the linear
-  encoder 42 % and 53 %, with nearly all codes distinct and every bit used.
+  vectors through a 1024-unit encoder gave 22 % at 32 bits and 42 % at 256; centring, the linear
+  encoder and a decoder whose output layer starts at zero gave 48.6 % and 54.2 % (random hyperplanes:
+  43.8 % and 57.0 %; Euclidean fc7: 56.9 %), with nearly all codes distinct and every bit used.
 * A code is the sign of the code layer's input (the logistic above 0.5), B bits packed 8 to a byte.
 * The baseline a learnt code must beat: random hyperplanes (the signs of B Gaussian projections of the
   centred vectors, locality-sensitive hashing), same bits, same search.
@@ -327,7 +328,7 @@ def format_codes(result: dict) -> str:
                          for m in result["models"])
     k = result["k"]
     lines = [f"{result['queries']} queries against {result['train_images']} training images:"]
-    lines.extend(f"  {r['search']:<28} {r['bytes_per_image']:>6} B/image  precision@1 "
+    lines.extend(f"  {r['search']:<36} {r['bytes_per_image']:>6} B/image  precision@1 "
                  f"{100 * r['precision_at_1']:5.1f} %  precision@{k} {100 * r[f'precision_at_{k}']:5.1f} %  "
                  f"{r['queries_per_s']:>10,.0f} queries/s" for r in result["rows"])
     return "\n".join(lines)

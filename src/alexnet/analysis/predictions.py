@@ -14,10 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alexnet.analysis.sections import write_section
+from alexnet.analysis.sections import analysis_dir, spread_over_classes, write_section
 from alexnet.data.decode import load_images
+from alexnet.data.store import Store
+from alexnet.evaluate import ensemble_probs, top_classes
 from alexnet.fsutil import atomic_write
-from alexnet.models.build import load_trained
+from alexnet.models.build import Trained, load_trained
+from alexnet.paths import resolve_store
 
 
 def true_classes(images: list[str | os.PathLike], classes: list[str]) -> list[int | None]:
@@ -40,8 +43,8 @@ def draw_predictions(
     n = len(results)
     columns = min(columns, n)
     rows = -(-n // columns)
-    fig = plt.figure(figsize=(2.6 * columns, 3.9 * rows))
-    grid = fig.add_gridspec(rows * 2, columns, height_ratios=[2.1, 1.2] * rows, hspace=0.35, wspace=0.15)
+    fig = plt.figure(figsize=(2.4 * columns, 3.7 * rows))
+    grid = fig.add_gridspec(rows * 2, columns, height_ratios=[2.2, 1.1] * rows, hspace=0.12, wspace=0.1)
     for i, (result, image, label) in enumerate(zip(results, pixels, truth, strict=True)):
         r, c = divmod(i, columns)
         ax = fig.add_subplot(grid[2 * r, c])
@@ -55,11 +58,14 @@ def draw_predictions(
         probs = np.array([p["probability"] for p in preds])
         colours = ["#d03030" if label is not None and classes[label] == p["class"] else "#4a7fb5" for p in preds]
         y = np.arange(len(preds))[::-1]
-        bars.barh(y, probs, color=colours)
+        bars.barh(y, probs, color=colours, alpha=0.45, height=0.8)
+        for yy, p in zip(y, preds, strict=True):  # the names on the bars, as in the paper's figure
+            bars.text(0.02, yy, f"{_short(p['name'], 26)}  {100 * p['probability']:.0f}%", va="center",
+                      fontsize=7)
         bars.set_xlim(0, 1)
-        bars.set_yticks(y, [_short(p["name"]) for p in preds], fontsize=7)
-        bars.tick_params(axis="x", labelsize=6)
-        for spine in ("top", "right"):
+        bars.set_yticks([])
+        bars.set_xticks([])  # the percentages are written on the bars
+        for spine in ("top", "right", "left"):
             bars.spines[spine].set_visible(False)
     out = Path(out)
     atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=90, bbox_inches="tight"))
@@ -86,11 +92,41 @@ def predict_figure(
     """Draw `results` (of `predict_files` on `images`) to `out`, and write the analysis section beside it
     (``OUT_STEM.json``, read by `alexnet report` when `out` is in the run's analysis folder)."""
     trained = load_trained(checkpoints[0])
-    size, crop = trained.mean.shape[-1], trained.config.data.crop
-    pixels = load_images(images, size)
+    pixels = load_images(images, trained.mean.shape[-1])
+    truth = true_classes(images, trained.classes)
+    return _figure_and_section(trained, checkpoints, images, pixels, truth, results, out, ten_crop, columns)
+
+
+def store_predictions(
+    checkpoint: str | os.PathLike, store: str | os.PathLike, out: str | os.PathLike | None = None, count: int = 8,
+    top: int = 5, seed: int = 0,
+) -> dict:
+    """Figure 4 (left) from `count` validation images of a prepared store, classes spread over the labels
+    (what `alexnet demo` draws at its end); default `out`: the analysis folder's predictions.png."""
+    st = Store.open(resolve_store(str(store)))
+    split = st.eval_split
+    trained = load_trained(checkpoint)
+    indices = spread_over_classes(st.labels(split), count, seed)
+    pixels = torch.from_numpy(np.stack([np.asarray(st.images(split)[i]) for i in indices]))
+    probs, _ = ensemble_probs([trained], [(pixels, torch.zeros(len(indices), dtype=torch.int64))],
+                              torch.device("cpu"))
+    files = st.files(split)
+    results = [{"image": f"{split}[{i}] {files[i]}", "predictions": top_classes(p, trained, top)}
+               for i, p in zip(indices, probs, strict=True)]
+    truth = [int(st.labels(split)[i]) for i in indices]
+    if list(st.classes) != trained.classes:
+        truth = [trained.classes.index(st.classes[t]) if st.classes[t] in trained.classes else None for t in truth]
+    out = Path(out) if out is not None else analysis_dir(checkpoint) / "predictions.png"
+    return _figure_and_section(trained, [checkpoint], [r["image"] for r in results], pixels, truth, results, out)
+
+
+def _figure_and_section(
+    trained: Trained, checkpoints: list, images: list, pixels: torch.Tensor, truth: list[int | None],
+    results: list[dict], out: str | os.PathLike, ten_crop: bool = False, columns: int = 4,
+) -> dict:
+    size, crop = pixels.shape[-1], trained.config.data.crop
     a = (size - crop) // 2
     pixels = pixels[:, :, a : a + crop, a : a + crop]
-    truth = true_classes(images, trained.classes)
     out = draw_predictions(results, pixels, truth, trained.classes, trained.class_names, out, columns)
     counts = summarise(results, truth, trained.classes)
     known = counts["with_true_class"]

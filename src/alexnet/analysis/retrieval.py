@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from alexnet.analysis.features import compute_features, fc7, pixel_vectors
-from alexnet.analysis.sections import analysis_dir, write_section
+from alexnet.analysis.sections import analysis_dir, spread_over_classes, write_section
 from alexnet.data.decode import load_images
 from alexnet.data.store import Store
 from alexnet.distributed import resolve_device
@@ -99,12 +99,8 @@ def _label_of_file(path: str, classes: list[str]) -> int | None:
 
 
 def default_queries(st: Store, count: int = 5, seed: int = 0) -> list[str]:
-    """`count` eval-split indices, one from each of `count` classes spread over the label range."""
-    labels = st.labels(st.eval_split)
-    rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
-    picked = classes[np.linspace(0, len(classes) - 1, min(count, len(classes))).round().astype(int)]
-    return [str(int(rng.choice(np.flatnonzero(labels == c)))) for c in picked]
+    """`count` eval-split indices from classes spread over the label range."""
+    return [str(i) for i in spread_over_classes(st.labels(st.eval_split), count, seed)]
 
 
 def retrieve(

@@ -19,6 +19,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from alexnet.fsutil import atomic_write
 
 
@@ -53,3 +55,17 @@ def write_section(
     out = Path(folder) / f"{name}.json"
     atomic_write(out, lambda f: f.write(json.dumps(doc, indent=2).encode()))
     return out
+
+
+def spread_over_classes(labels: np.ndarray, count: int, seed: int = 0) -> list[int]:
+    """`count` indices of a split, one from each of `count` classes spread evenly over the label range
+    (with fewer classes, some classes give more than one), drawn with `seed`."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    picked = classes[np.linspace(0, len(classes) - 1, count).round().astype(int)]
+    chosen: list[int] = []
+    for c in picked:
+        pool = np.setdiff1d(np.flatnonzero(labels == c), chosen)
+        if len(pool):
+            chosen.append(int(rng.choice(pool)))
+    return chosen
