@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from alexnet.caffe import BGR_MEAN, format_import, import_caffe, read_caffemodel, read_mean
 from alexnet.checkpoint import load_weights
@@ -313,3 +314,22 @@ def test_bad_arguments_name_the_fix(tmp_path):
     (tmp_path / "mean.npy").write_bytes(b"not numpy")
     with pytest.raises(ValueError, match="mean.npy is not a numpy array"):
         import_caffe(model_file, tmp_path / "out.safetensors", mean=tmp_path / "mean.npy")
+
+
+@pytest.mark.slow
+def test_import_caffe_command_and_the_analyses_on_its_output(tmp_path, caffe_weights, capsys):
+    from alexnet.cli import main
+
+    model_file = tmp_path / "bvlc_alexnet.caffemodel"
+    model_file.write_bytes(encode_net(caffe_weights, v1=False))
+    out = tmp_path / "bvlc_alexnet.safetensors"
+    assert main(["import-caffe", str(model_file), "--out", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["parameters"] == 60_965_224
+    assert main(["kernels", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert len(info["towers"]) == 2 and info["image"] == str(tmp_path / "bvlc_alexnet.analysis" / "kernels.png")
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 280, 3), dtype=np.uint8)).save(image)
+    assert main(["predict", str(out), str(image), "--json"]) == 0
+    predictions = json.loads(capsys.readouterr().out)[0]["predictions"]
+    assert len(predictions) == 5 and predictions[0]["class"].startswith("n")

@@ -27,7 +27,8 @@ Start with:
   alexnet prepare DATASET --out STORE             decode a data set once into a 256x256 store
   alexnet train --config paper --data STORE       train with the paper's recipe
 
-Then evaluate, predict, finetune or export a checkpoint. `alexnet COMMAND --help` explains each.
+Then evaluate, predict, finetune or export a checkpoint, and look inside it (kernels, features, retrieve,
+codes, report). `alexnet COMMAND --help` explains each.
 """
 
 

@@ -2,8 +2,8 @@
 
 Section 6.1 compares images by the Euclidean distance of their 4096-d fc7 vectors. This module computes
 those vectors once per (network, store, split) with the centre crop, normalised as in training, and keeps
-them on disk as a float16 ``.npy`` that is memory-mapped on reading (8 KB an image: 10 MB for Imagenette's
-train split, 10 GB for ImageNet's). Beside it ``NAME.json`` holds the file names, labels, classes and
+them on disk as a float16 ``.npy`` that is memory-mapped on reading (8 KiB an image: 74 MiB for Imagenette's
+train split, about 10 GB for ImageNet's). Beside it ``NAME.json`` holds the file names, labels, classes and
 what the vectors were computed from; a later call with the same checkpoint (same bytes), the same store
 and split and the same precision reuses the file instead of recomputing it.
 
