@@ -199,3 +199,25 @@ def test_the_demo_ends_with_its_figures_and_report(tmp_path, monkeypatch, capsys
         assert (run / name).is_file(), name
     html = (run / "report.html").read_text()
     assert "First-layer kernels" in html and "Top-5 predictions" in html and "Demo results" in html
+
+
+def test_fc7_of_the_paper_net_is_its_last_hidden_layer_after_relu():
+    from alexnet.analysis.features import fc7
+    from alexnet.config import load_config
+    from alexnet.models import create_model
+    from alexnet.models.build import Trained
+
+    torch.manual_seed(0)
+    model = create_model("alexnet", num_classes=10, init="kaiming").eval()
+    config = load_config("demo").with_num_classes(10, "test")
+    trained = Trained(model, config, [str(i) for i in range(10)], [str(i) for i in range(10)],
+                      torch.full((3, 256, 256), 110.0), Path("x.pt"))
+    seen = []
+    hook = model.act7.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    images = torch.randint(0, 256, (2, 3, 256, 256), dtype=torch.uint8)
+    with torch.no_grad():
+        model(trained.augmenter("cpu").center(images))
+    hook.remove()
+    got = fc7(trained, images)
+    assert got.shape == (2, 4096) and (got >= 0).all() and (got > 0).any()
+    torch.testing.assert_close(got, seen[0], rtol=0, atol=0)
