@@ -105,19 +105,16 @@ def hamming_nearest(index: np.ndarray, queries: np.ndarray, k: int, chunk: int =
     """The k packed codes of ``index`` (N, W) nearest to each packed query (Q, W) in Hamming distance,
     exactly. Returns (distances (Q, k) int, indices (Q, k)), nearest first, ties ordered by index."""
     db, qs = _as_words(index), _as_words(queries)
-    k = min(k, len(db))
     n = len(db)
+    k = min(k, n)
+    ids = torch.arange(n, dtype=torch.int64)
     dist = np.empty((len(qs), k), dtype=np.int64)
     idx = np.empty((len(qs), k), dtype=np.int64)
-    ids = np.arange(n, dtype=np.int64)
     for a in range(0, len(qs), chunk):
         d = np.bitwise_count(qs[a : a + chunk, None, :] ^ db[None, :, :]).sum(axis=2, dtype=np.int64)
-        key = d * n + ids[None, :]  # unique: (distance, index) order
-        part = np.argpartition(key, k - 1, axis=1)[:, :k] if k < n else np.broadcast_to(ids, key.shape)
-        order = np.take_along_axis(key, part, axis=1).argsort(axis=1)
-        chosen = np.take_along_axis(part, order, axis=1)
-        idx[a : a + chunk] = chosen
-        dist[a : a + chunk] = np.take_along_axis(d, chosen, axis=1)
+        key = torch.from_numpy(d) * n + ids  # unique, in (distance, index) order
+        smallest = torch.topk(key, k, dim=1, largest=False, sorted=True).values.numpy()
+        dist[a : a + chunk], idx[a : a + chunk] = np.divmod(smallest, n)
     return dist, idx
 
 
