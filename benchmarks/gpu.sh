@@ -20,10 +20,13 @@ echo "== correctness (LRN paths, the model) and the CUDA tests"
 
 echo "== training and inference throughput, ours vs torchvision"
 : > "$out/steps.jsonl"
-for cfg in "fp32 128" "fp32 512" "bf16 512"; do
+# Each CUDA LRN (ALEXNET_LRN_CUDA): the compiled tensor formula (the default) and the Triton kernels.
+for cfg in "fp32 128 compile" "fp32 512 compile" "bf16 512 compile" "bf16 512 triton" "fp32 512 triton"; do
   set -- $cfg
-  $py benchmarks/model_step.py --device cuda --precision "$1" --batch "$2" --steps 10 --rounds 5 --warmup 3 \
-    --json | $py -c "import json,sys; print(json.dumps(json.load(sys.stdin)))" | tee -a "$out/steps.jsonl"
+  ALEXNET_LRN_CUDA="$3" $py benchmarks/model_step.py --device cuda --precision "$1" --batch "$2" --steps 10 \
+    --rounds 5 --warmup 3 --models alexnet alexnet_nolrn --json \
+    | $py -c "import json,sys; r=json.load(sys.stdin); r['lrn_cuda']='$3'; print(json.dumps(r))" \
+    | tee -a "$out/steps.jsonl"
 done
 
 echo "== prepare CIFAR-10 and train the cifar10 preset on the GPU"

@@ -40,6 +40,13 @@ def main() -> int:
     check("ReLU+LRN+pool backward, CUDA fp32 vs CPU fp64", got_grad, want_grad, 1e-4)
     bf = local_response_norm(xc.detach().bfloat16(), relu=True)
     check("LRN bf16 on CUDA vs CPU fp64", bf, local_response_norm(x.detach(), relu=True), 0.5)
+    # The hand-written Triton kernels (ALEXNET_LRN_CUDA=triton) against the same float64 reference.
+    from alexnet.models.lrn_triton import TritonLRN
+
+    got = torch.nn.functional.max_pool2d(TritonLRN.apply(xc, 5, 1e-4, 0.75, 2.0, True), 3, 2)
+    (got_grad,) = torch.autograd.grad(got, xc, g.float().to(dev))
+    check("Triton ReLU+LRN (+pool) forward, fp32 vs CPU fp64", got, want, 1e-4)
+    check("Triton ReLU+LRN (+pool) backward, fp32 vs CPU fp64", got_grad, want_grad, 1e-4)
 
     model = create_model("alexnet").eval()
     images = torch.randn(4, 3, 224, 224)

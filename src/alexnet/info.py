@@ -17,7 +17,7 @@ import torchvision
 from alexnet import __version__
 from alexnet.allocator import in_use
 from alexnet.distributed import resolve_device
-from alexnet.models.lrn import lrn_path
+from alexnet.models.lrn import cuda_lrn_path, lrn_path
 
 
 def cpu_model() -> str:
@@ -50,7 +50,8 @@ def environment(device: str = "auto") -> dict:
         "allocator": in_use(),
         "lrn_cpu": path,
         "lrn_cpu_reason": why,
-        "lrn_cuda": "pure-PyTorch autograd Function (torch.compile fuses it when run.compile is on)",
+        "lrn_cuda": cuda_lrn_path()[0],
+        "lrn_cuda_reason": cuda_lrn_path()[1],
         "executable": sys.executable,
     }
 

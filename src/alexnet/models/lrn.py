@@ -12,6 +12,8 @@ Two implementations give the same numbers:
   bfloat16 (accumulating in float32);
 * a pure-PyTorch autograd Function, used on every other device, and on the CPU when no compiler is
   available. ``ALEXNET_LRN=torch`` forces it, ``ALEXNET_LRN=cpp`` makes a failed build an error.
+  On CUDA it is compiled by torch.compile; ``ALEXNET_LRN_CUDA=triton`` runs hand-written Triton kernels
+  instead (``lrn_triton.py``).
 
 Both save only the layer's input for the backward pass and recompute the denominator there, so the layer
 costs no activation memory beyond the ReLU output it shares. ``relu=True`` fuses the preceding ReLU.
@@ -210,8 +212,31 @@ def local_response_norm(
     if groups != 1:
         y = local_response_norm(_per_group(x, groups), size, alpha, beta, k, relu, backend)
         return y.reshape(x.shape)
-    fn = _CppLRN if _use_cpp(x, backend) else _TorchLRN
-    return fn.apply(x, size, alpha, beta, k, relu)
+    return _function(x, backend).apply(x, size, alpha, beta, k, relu)
+
+
+def _function(x: torch.Tensor, backend: str):
+    """The autograd Function for `x`: the C++ kernel on the CPU, the Triton kernels on CUDA when
+    ALEXNET_LRN_CUDA=triton, else the tensor formula (compiled on CUDA)."""
+    if _use_cpp(x, backend):
+        return _CppLRN
+    if backend != "torch" and x.device.type == "cuda" and cuda_lrn_path()[0] == "triton":
+        from alexnet.models.lrn_triton import TritonLRN  # imports triton: only for a CUDA tensor
+
+        return TritonLRN
+    return _TorchLRN
+
+
+def cuda_lrn_path() -> tuple[str, str]:
+    """Which LRN runs on CUDA tensors and why: ("compile" | "eager" | "triton", reason)."""
+    mode = os.environ.get("ALEXNET_LRN_CUDA", "compile")
+    if mode not in ("compile", "triton"):
+        raise ValueError(f"ALEXNET_LRN_CUDA={mode!r}: expected 'compile' or 'triton'")
+    if mode == "triton":
+        return "triton", "ALEXNET_LRN_CUDA=triton: the Triton kernels of lrn_triton.py"
+    if os.environ.get("ALEXNET_LRN_COMPILE", "1") == "0":
+        return "eager", "ALEXNET_LRN_COMPILE=0: the tensor formula, not compiled"
+    return "compile", "the tensor formula fused by torch.compile (the default; ALEXNET_LRN_CUDA=triton for the kernels)"
 
 
 class _CppLRNPool(torch.autograd.Function):
@@ -288,7 +313,7 @@ def lrn_max_pool(
         return y.reshape(x.shape[0], x.shape[1], *y.shape[2:])
     if _use_cpp(x, backend):
         return _CppLRNPool.apply(x, size, alpha, beta, k, relu, pool_kernel, pool_stride)
-    y = local_response_norm(x, size, alpha, beta, k, relu, backend="torch")
+    y = _function(x, backend).apply(x, size, alpha, beta, k, relu)
     return F.max_pool2d(y, pool_kernel, pool_stride)
 
 
