@@ -3,7 +3,8 @@
 # Usage on the GPU machine, from the repository root:
 #   bash benchmarks/gpu.sh OUTDIR [CIFAR_TAR]
 # CIFAR_TAR (default $ALEXNET_DATA/cifar10-jpeg.tar.gz) is prepared there and trained on with the cifar10
-# preset on the GPU. Results: OUTDIR/{gpu.txt,checks.txt,steps.jsonl,prepare.json,train.log,metrics.jsonl}.
+# preset on the GPU. Results: OUTDIR/{gpu.txt,checks.txt,steps.jsonl,decode.json,prepare.json,train.log,
+# metrics.jsonl}.
 set -uo pipefail
 out="${1:-benchmarks/results/gpu}"
 cifar="${2:-${ALEXNET_DATA:-../shared/data}/cifar10-jpeg.tar.gz}"
@@ -28,6 +29,15 @@ for cfg in "fp32 128 compile" "fp32 512 compile" "bf16 512 compile" "bf16 512 tr
     | $py -c "import json,sys; r=json.load(sys.stdin); r['lrn_cuda']='$3'; print(json.dumps(r))" \
     | tee -a "$out/steps.jsonl"
 done
+
+echo "== JPEG shards decoded on the GPU (nvJPEG) vs CPU workers: Imagenette prepared with --encoding jpeg"
+nette="${ALEXNET_DATA:-../shared/data}/imagenette2-224.tar.gz"
+if [ -f "$nette" ]; then
+  $py -m alexnet prepare "$nette" --out /tmp/alexnet-stores/imagenette-jpeg --encoding jpeg --workers "$(nproc)" \
+    --json > /dev/null && $py benchmarks/gpu_decode.py /tmp/alexnet-stores/imagenette-jpeg --json | tee "$out/decode.json"
+else
+  echo "skipped: $nette not found" | tee "$out/decode.json"
+fi
 
 echo "== prepare CIFAR-10 and train the cifar10 preset on the GPU"
 store=/tmp/alexnet-stores/cifar10

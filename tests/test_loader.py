@@ -150,6 +150,29 @@ def test_jpeg_store_shards_are_decoded_in_worker_processes(tmp_path: Path) -> No
         assert torch.equal(x, torch.from_numpy(sharded[y.numpy()]))
 
 
+def _jpeg_shards(tmp_path: Path) -> ShardedImages:
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (20, 3, 16, 16), dtype=np.uint8)
+    (tmp_path / "train").mkdir()
+    paths = [write_shard(tmp_path, "train", i, images[i * 10 : (i + 1) * 10], "jpeg") for i in range(2)]
+    return ShardedImages(paths, [10, 10], "jpeg", 16)
+
+
+def test_device_decode_gives_the_batches_decoding_on_the_host_gives(tmp_path: Path) -> None:
+    # On the CPU both paths decode with the same library, so the batches are identical; on a GPU
+    # (nvJPEG) benchmarks/gpu_checks.py compares them within a tolerance.
+    sharded = _jpeg_shards(tmp_path)
+    labels = np.arange(20)
+    host = list(TrainBatches(sharded, labels, 6, seed=4, workers=2, processes=True).epoch(2))
+    device = list(TrainBatches(sharded, labels, 6, seed=4, workers=2, device_decode=True).epoch(2))
+    assert len(host) == len(device) == 3
+    for (k1, x1, y1), (k2, x2, y2) in zip(host, device, strict=True):
+        assert k1 == k2 and torch.equal(y1, y2) and torch.equal(x1, x2)
+    raw = np.zeros((20, 3, 16, 16), dtype=np.uint8)
+    with pytest.raises(ValueError, match="JPEG shards"):
+        list(TrainBatches(raw, labels, 6, seed=4, device_decode=True).epoch(0))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("mode", ["in_memory", "threads"])
 def test_cuda_batches_equal_cpu_batches(mode: str) -> None:

@@ -13,6 +13,9 @@ Three ways to get the pixels, chosen by the arguments:
 - streaming with ``processes=True`` (a store whose shards hold JPEG bytes, decoded by
   ``images[idx]``; ``from_store`` sets it): ``torch.utils.data.DataLoader`` worker processes, one
   batch per task, so decoding runs in parallel outside the GIL.
+- streaming with ``device_decode=True`` (JPEG shards and a CUDA device; ``from_store`` sets it there):
+  threads gather each batch's JPEG bytes and the batch is decoded on the GPU in one call
+  (``torchvision.io.decode_jpeg`` with ``device``, nvJPEG), so the CPU never decodes.
 
 Shuffling and sharding: epoch ``e`` uses one permutation drawn from (seed, e); global batch ``k``
 is ``perm[k*G:(k+1)*G]`` with ``G = batch_size * world_size``, and rank ``r`` takes its slice
@@ -134,6 +137,7 @@ class _Streaming:
     workers: int
     prefetch: int
     processes: bool
+    device_decode: bool = False
 
     def __post_init__(self) -> None:
         if self.workers < 0 or self.prefetch < 1:
@@ -143,6 +147,9 @@ class _Streaming:
         self, images: Any, labels: torch.Tensor, index_lists: Sequence[np.ndarray]
     ) -> Iterator[Batch]:
         """The batches ``images[idx], labels[idx]`` for each ``idx`` in ``index_lists``, on the device."""
+        if self.device_decode:
+            yield from self._decoded(images, labels, index_lists)
+            return
         pin = self.device.type == "cuda"
         # Forked worker processes must not touch CUDA (pinning does): there the DataLoader pins instead.
         gather = _Gather(images, labels, pin and not self.processes)
@@ -162,6 +169,26 @@ class _Streaming:
         for batch, batch_labels in host:
             yield batch.to(self.device, non_blocking=pin), batch_labels.to(self.device, non_blocking=pin)
 
+    def _decoded(self, images: Any, labels: torch.Tensor, index_lists: Sequence[np.ndarray]) -> Iterator[Batch]:
+        if not getattr(images, "encoded", False):
+            raise ValueError("device_decode needs a store of JPEG shards (alexnet prepare --encoding jpeg)")
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        gather = _GatherBytes(images, labels)
+        for blobs, batch_labels in _threaded(gather, index_lists, self.workers, self.prefetch):
+            decoded = decode_jpeg(blobs, mode=ImageReadMode.RGB, device=self.device)
+            yield torch.stack(decoded), batch_labels.to(self.device)
+
+
+class _GatherBytes:
+    """One batch's JPEG bytes (a list of uint8 tensors, in ``idx`` order) and labels, for decoding on the device."""
+
+    def __init__(self, images: Any, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __getitem__(self, idx: np.ndarray) -> tuple[list[torch.Tensor], torch.Tensor]:
+        return self.images.blobs(idx), self.labels[torch.from_numpy(idx)]
+
 
 def _streaming_images(images: Any) -> Any:
     if isinstance(images, torch.Tensor):
@@ -174,9 +201,12 @@ def _streaming_images(images: Any) -> Any:
 
 
 def _from_store(cls: type[_Batches], store: _Store, split: str, in_memory: bool, kwargs: dict) -> _Batches:
-    """``cls`` over a store's split; JPEG shards are decoded in worker processes unless told otherwise."""
+    """``cls`` over a store's split; JPEG shards are decoded on a CUDA device, else in worker processes,
+    unless told otherwise."""
     images = store.load_split(split) if in_memory else store.images(split)
-    kwargs.setdefault("processes", store.encoding == "jpeg")
+    jpeg = store.encoding == "jpeg" and not in_memory
+    kwargs.setdefault("device_decode", jpeg and torch.device(kwargs.get("device", "cpu")).type == "cuda")
+    kwargs.setdefault("processes", jpeg and not kwargs["device_decode"])
     return cls(images, store.labels(split), in_memory=in_memory, **kwargs)
 
 
@@ -197,6 +227,7 @@ class TrainBatches:
         workers: background gather threads, or DataLoader processes when ``processes``.
         prefetch: batches fetched ahead of the consumer when streaming.
         processes: gather in worker processes (stores of JPEG shards, decoded on access).
+        device_decode: gather JPEG bytes and decode each batch on ``device`` (JPEG shards, a GPU).
     """
 
     def __init__(
@@ -213,6 +244,7 @@ class TrainBatches:
         workers: int = 2,
         prefetch: int = 3,
         processes: bool = False,
+        device_decode: bool = False,
     ) -> None:
         _check_rank(rank, world_size, batch_size)
         if world_size > 1 and not drop_last:
@@ -225,7 +257,7 @@ class TrainBatches:
         self.drop_last = drop_last
         self.device = torch.device(device)
         self.in_memory = in_memory
-        self._streaming = _Streaming(self.device, workers, prefetch, processes)
+        self._streaming = _Streaming(self.device, workers, prefetch, processes, device_decode)
         self.labels = _as_labels(labels, self.n)
         if in_memory:
             self.images = _load_all(images, self.device)
@@ -305,13 +337,14 @@ class EvalBatches:
         workers: int = 2,
         prefetch: int = 3,
         processes: bool = False,
+        device_decode: bool = False,
     ) -> None:
         _check_rank(rank, world_size, batch_size)
         n = len(images)
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.in_memory = in_memory
-        self._streaming = _Streaming(self.device, workers, prefetch, processes)
+        self._streaming = _Streaming(self.device, workers, prefetch, processes, device_decode)
         self.start, self.stop = rank * n // world_size, (rank + 1) * n // world_size
         self.labels = _as_labels(labels, n)
         if in_memory:

@@ -118,11 +118,14 @@ class _JpegShard:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
-    def __getitem__(self, key: slice | np.ndarray) -> np.ndarray:
+    def blobs(self, key: slice | np.ndarray) -> list[torch.Tensor]:
+        """The encoded bytes of images ``key``, each a uint8 tensor (what ``decode_jpeg`` takes)."""
         local = np.arange(len(self))[key] if isinstance(key, slice) else key
-        blobs = [torch.from_numpy(np.array(self.data[self.offsets[i] : self.offsets[i + 1]])) for i in local]
+        return [torch.from_numpy(np.array(self.data[self.offsets[i] : self.offsets[i + 1]])) for i in local]
+
+    def __getitem__(self, key: slice | np.ndarray) -> np.ndarray:
         with quiet_torchvision_io():
-            return torch.stack(decode_jpeg(blobs, mode=ImageReadMode.RGB)).numpy()
+            return torch.stack(decode_jpeg(self.blobs(key), mode=ImageReadMode.RGB)).numpy()
 
 
 class ShardedImages:
@@ -146,9 +149,21 @@ class ShardedImages:
     def shape(self) -> tuple[int, int, int, int]:
         return (len(self), 3, self.size, self.size)
 
-    def __getitem__(self, key: int | slice | np.ndarray) -> np.ndarray:
-        if isinstance(key, (int, np.integer)):
-            return self[np.array([key])][0]
+    @property
+    def encoded(self) -> bool:
+        """True for JPEG shards: `blobs` gives the bytes, to be decoded where the batch goes (a GPU)."""
+        return bool(self.shards) and isinstance(self.shards[0], _JpegShard)
+
+    def blobs(self, index: np.ndarray) -> list[torch.Tensor]:
+        """The JPEG bytes of images ``index`` (in that order), for decoding elsewhere (`decode_jpeg` on a GPU)."""
+        if not self.encoded:
+            raise DataError("this store holds raw pixels, not JPEG bytes: there is nothing to decode")
+        index = self._index(index)
+        shard_of = np.searchsorted(self.starts, index, side="right") - 1
+        return [self.shards[s].blobs(np.array([i - self.starts[s]]))[0]
+                for i, s in zip(index, shard_of, strict=True)]
+
+    def _index(self, key: slice | np.ndarray) -> np.ndarray:
         index = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key, dtype=np.int64)
         if index.ndim != 1:
             raise IndexError(
@@ -157,7 +172,12 @@ class ShardedImages:
         n = len(self)
         if index.size and (index.min() < -n or index.max() >= n):
             raise IndexError(f"index out of range for {n} images")
-        index = np.where(index < 0, index + n, index)
+        return np.where(index < 0, index + n, index)
+
+    def __getitem__(self, key: int | slice | np.ndarray) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return self[np.array([key])][0]
+        index = self._index(key)
         out = np.empty((len(index), 3, self.size, self.size), dtype=np.uint8)
         shard_of = np.searchsorted(self.starts, index, side="right") - 1
         for s in np.unique(shard_of):
