@@ -240,6 +240,43 @@ def _benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment(args: argparse.Namespace) -> int:
+    from alexnet.experiments import run
+    from alexnet.experiments.runner import ExperimentInterrupted
+    from alexnet.experiments.table import write_table
+
+    if args.name == "table":
+        path = write_table(args.out)
+        _print({"path": str(path)}, args.json, str(path))
+        return 0
+    overrides = [*args.set, *([f"data.store={args.data}"] if args.data else [])]
+    command = " ".join(["alexnet", "experiment", args.name, "--seeds", str(args.seeds), "--budget", args.budget,
+                        *(["--device", args.device] if args.device != "auto" else []),
+                        *(f"--set {o}" for o in args.set), *(["--data", args.data] if args.data else [])])
+    stream = sys.stderr if args.json else sys.stdout
+
+    def log(line: str) -> None:
+        print(line, file=stream, flush=True)
+
+    try:
+        results = run(args.name, seeds=args.seeds, budget=args.budget, device=args.device, runs_dir=args.runs_dir,
+                      out=args.out, overrides=tuple(overrides), command=command, progress=not args.no_progress,
+                      log=log)
+    except ExperimentInterrupted as err:
+        print(err, file=sys.stderr)
+        return 130
+    row = results["table"]
+    human = "\n".join([
+        f"{args.name}: {row['ours']}",
+        f"  paper: {row['paper']}",
+        f"  {row['setting']}; {results['wall_time_s'] / 60:.1f} min of training",
+        f"  results {Path(args.out) / 'results' / (args.name + '.json')}, plot {results['plot']} beside it",
+        f"  table   {results['table_path']}",
+    ])
+    _print(results, args.json, human)
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from alexnet.info import environment, format_environment
 
@@ -499,6 +536,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=30, help="steps of the real training loop")
     p.add_argument("--json", action="store_true", help="print the results as JSON (progress on stderr)")
     p.set_defaults(func=_benchmark)
+
+    p = _add(sub, "experiment", "reproduce one of the paper's claims over seeds, or write the table of results",
+             "Runs every variant x seed of experiment NAME (relu-vs-tanh: Figure 1), one run folder each, "
+             "unattended and resumable: run the same command again after a kill and finished runs are kept, the "
+             "unfinished one continues from its checkpoint. Writes OUT/results/NAME.json (config, code version, "
+             "machine, per-seed numbers, mean and standard deviation, wall time) and NAME.png, then regenerates "
+             "OUT/README.md, the table of every results file. NAME table only regenerates the table.",
+             "alexnet experiment relu-vs-tanh --seeds 3 --budget cpu && alexnet experiment table")
+    p.add_argument("name", metavar="NAME", help="relu-vs-tanh, or table")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every variant")
+    p.add_argument("--budget", default="cpu",
+                   help="cpu (sized for a 2-core CPU, reduced), paper (Figure 1's full length), smoke (tests)")
+    _add_device(p)
+    p.add_argument("--data", default=None, metavar="STORE",
+                   help="train on this prepared store (default: CIFAR-10 from $ALEXNET_DATA, prepared once)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value of every run (repeatable)")
+    p.add_argument("--runs-dir", default=None, help="run folders (default: runs/experiments/NAME/BUDGET)")
+    p.add_argument("--out", default="experiments", help="folder of results/ and README.md")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the results as JSON (progress lines on stderr)")
+    p.set_defaults(func=_experiment)
 
     p = _add(sub, "info", "what is running: versions, CPU, device, threads, allocator, LRN path",
              "The same facts are saved in every run folder (environment.json) and benchmark result. The "

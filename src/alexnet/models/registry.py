@@ -16,7 +16,7 @@ from torch import nn
 from alexnet.models.alexnet import AlexNet, AlexNetConfig, ConvSpec, paper_convs
 from alexnet.models.lrn import LRNParams
 from alexnet.models.owt import AlexNetOWT
-from alexnet.models.small import CifarNet
+from alexnet.models.small import CUDA_CONVNET_19PCT_INIT, CifarNet
 
 
 def _halve_towers(input_size: int) -> tuple[ConvSpec, ...]:
@@ -64,6 +64,9 @@ _PAPER_VARIANTS: dict[str, tuple[str, Callable[[int], dict]]] = {
     ),
 }
 
+# cuda-convnet's layers-19pct.cfg (alexnet.models.small): the Figure 1 experiment's net
+_FIG1 = {"pools": ("max", "avg", "avg"), "pool_ceil": True, "init_std": CUDA_CONVNET_19PCT_INIT}
+
 _OTHER: dict[str, tuple[str, Callable[..., nn.Module]]] = {
     "alexnet_owt": ("torchvision's single-tower AlexNet, torchvision's keys (loads its weights)", AlexNetOWT),
     "cifar_relu": ("four-layer CIFAR-10 net with ReLU (Figure 1)", lambda **kw: CifarNet(**kw)),
@@ -71,6 +74,10 @@ _OTHER: dict[str, tuple[str, Callable[..., nn.Module]]] = {
                    lambda **kw: CifarNet(**{"activation": "tanh", **kw})),
     "cifar_lrn": ("four-layer CIFAR-10 net with ReLU and LRN (Section 3.3)",
                   lambda **kw: CifarNet(**{"lrn": True, **kw})),
+    "cifar_fig1_relu": ("Figure 1's net as cuda-convnet's layers-19pct.cfg: max, avg, avg pooling, its init, ReLU",
+                        lambda **kw: CifarNet(**{**_FIG1, **kw})),
+    "cifar_fig1_tanh": ("Figure 1's net as cuda-convnet's layers-19pct.cfg with tanh",
+                        lambda **kw: CifarNet(**{**_FIG1, "activation": "tanh", **kw})),
 }
 
 _ALEXNET_FIELDS = {f.name for f in dataclasses.fields(AlexNetConfig)} - {"num_classes", "convs"}

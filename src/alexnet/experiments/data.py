@@ -1,0 +1,49 @@
+"""The CIFAR-10 stores the experiments train on, prepared once from $ALEXNET_DATA's cifar10-jpeg archive.
+
+`cifar10_store(train_per_class, test_per_class)` is the whole data set (both None) or the first images of
+each class of each split in file-name order (a reduced budget's data).
+"""
+
+from __future__ import annotations
+
+import tarfile
+import tempfile
+from pathlib import Path
+
+from alexnet.paths import cache_dir, resolve_source
+
+CIFAR10 = "cifar10-jpeg"
+
+
+def _subset_members(archive: tarfile.TarFile, per_class: dict[str, int | None]) -> list[tarfile.TarInfo]:
+    files = sorted((m for m in archive.getmembers() if m.isfile()), key=lambda m: m.name)
+    kept, counts = [], {}
+    for m in files:
+        parts = Path(m.name).parts  # cifar10/<split>/<class>/NNNN.jpg
+        if len(parts) != 4:
+            continue
+        counts[parts[1:3]] = n = counts.get(parts[1:3], 0) + 1
+        limit = per_class.get(parts[1])
+        if limit is None or n <= limit:
+            kept.append(m)
+    return kept
+
+
+def cifar10_store(train_per_class: int | None = None, test_per_class: int | None = None, log=print) -> Path:
+    """The prepared 32x32 CIFAR-10 store under $ALEXNET_CACHE/stores (prepared here the first time)."""
+    from alexnet.data.prepare import prepare_store
+
+    limits = {"train": train_per_class, "test": test_per_class}
+    name = "cifar10" + "".join(f"-{split}{n}" for split, n in limits.items() if n is not None)
+    store = cache_dir() / "stores" / name
+    if (store / "meta.json").is_file():
+        return store
+    source = resolve_source(CIFAR10)
+    log(f"preparing {source} into {store} (once) ...")
+    if train_per_class is None and test_per_class is None:
+        prepare_store(source, store, size=32, progress=False)
+        return store
+    with tempfile.TemporaryDirectory() as tmp, tarfile.open(source) as archive:
+        archive.extractall(tmp, members=_subset_members(archive, limits), filter="data")
+        prepare_store(Path(tmp) / "cifar10", store, size=32, progress=False)
+    return store

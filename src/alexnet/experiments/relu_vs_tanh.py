@@ -1,0 +1,344 @@
+"""Figure 1 (Section 3.1): with ReLUs a four-layer CNN reaches 25 % training error on CIFAR-10 six times
+faster than the same network with tanh units.
+
+The paper: "A four-layer convolutional neural network with ReLUs (solid line) reaches a 25% training error
+rate on CIFAR-10 six times faster than an equivalent network with tanh neurons (dashed line). The learning
+rates for each network were chosen independently to make training as fast as possible. No regularization of
+any kind was employed."
+
+**The network.** The paper does not list its layers; its CIFAR-10 nets are Krizhevsky's cuda-convnet layer
+files of 2011-12 (footnote 3 points there for Section 3.3's "four-layer CNN"). We follow
+``layers-19pct.cfg``: conv1 (32 5x5, padding 2) -> 3/2 max pool -> ReLU, conv2 (32 5x5) -> ReLU -> 3/2 average
+pool, conv3 (64 5x5) -> ReLU -> 3/2 average pool, fc10 -> softmax; weights N(0, initW) with initW 1e-4 for
+conv1 and 0.01 for conv2, conv3 and fc10, biases 0 (registered as ``cifar_fig1_relu`` / ``cifar_fig1_tanh``,
+see `alexnet.models.small`). Why that file:
+
+* it has four learned layers, three convolutional and one fully connected, and the paper counts learned
+  layers ("eight learned layers" for AlexNet, fc8 included);
+* it is ``layers-18pct.cfg`` (the file of the period's best quick CIFAR-10 result) without the two
+  normalisation layers, and Figure 1 says "no regularization of any kind"; the 18pct file's ``rnorm`` is a
+  normalisation *within* each map over a 3x3 neighbourhood, not the paper's cross-map LRN, which only the
+  ``conv-local-11pct`` file has (``cmrnorm``);
+* the conv-local files (two conv layers, two locally connected layers, fc10: five learned layers) are the
+  13 % / 11 % nets of Section 3.3 (`alexnet.experiments` lrn-cifar), and ``layers-80sec.cfg`` adds an fc64
+  layer (five learned layers).
+
+The tanh net is the same file with tanh (f(x) = tanh(x), cuda-convnet's ``tanh[1,1]``) wherever it has ReLU
+(max pooling commutes with either, so conv1's activation before or after pool1 is the same function).
+
+**The training.** As the file's parameters, less regularisation: the paper's SGD rule (cuda-convnet's: the
+learning rate multiplies the mean gradient inside the momentum, 0.9), batch 128, weight decay 0 (the file's
+``wc`` dropped: no regularisation), no dropout, no augmentation (no crops, no flips), raw 0-255 pixels minus
+the training set's mean image (cuda-convnet's CIFAR data provider), one constant learning rate per network.
+Deviations from the file: biases learn at the weights' rate (the file's ``epsB`` is twice ``epsW``); CPU runs
+flush denormal floats to zero (the GPU kernels of the time did too; conv1's 1e-4 weights otherwise make
+denormal arithmetic slow a CPU step); the ``cpu`` budget trains in bf16 autocast (weights and updates stay in
+fp32; the ``paper`` budget is fp32 throughout).
+
+**The measure.** "Training error" is the error on the training batches as they are trained, averaged over
+the epoch (what cuda-convnet printed), recorded at each epoch's end. Epochs to 25 % interpolate linearly
+between epoch ends (from chance, 90 %, at epoch 0); a run that never reaches it within its cap is reported as
+"not reached in N epochs", and a ratio that involves one becomes a lower bound.
+
+**The learning rates.** For each activation a sweep over a grid, at seed 0: the rate with the fewest epochs
+to 25 % wins (a run that has trained as many epochs as the best so far without reaching 25 % is stopped: it
+cannot win). The chosen rate then trains every seed; the sweep's seed-0 run is that seed's run.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from alexnet.config import Config, load_config
+from alexnet.experiments.data import cifar10_store
+from alexnet.experiments.runner import Metrics, Runner, RunOutcome, RunSpec, config_record
+
+NAME = "relu-vs-tanh"
+TARGET = 0.25  # training error
+CHANCE = 0.9  # CIFAR-10's error at epoch 0
+PAPER_RATIO = 6.0
+MODELS = {"relu": "cifar_fig1_relu", "tanh": "cifar_fig1_tanh"}
+CLAIM = "Figure 1: a four-layer CNN with ReLUs reaches 25 % training error on CIFAR-10 faster than with tanh"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much training an experiment may spend.
+
+    rates: the sweep's first learning rates, tried in this order (the likeliest winner first stops losers
+        soonest); while the best is the highest or lowest rate tried, the grid grows by a factor of 2 that
+        way, up to `max_rates` rates.
+    caps: the most epochs a run of each activation trains.
+    extra_epochs: trained after a run reaches 25 % (so the figure shows it going on).
+    precision: "fp32" or "bf16" (autocast).
+    train_per_class: train on the first N training images of each class (None: all 5,000).
+    test_per_class: the test error at the end of each run (a by-product here) on the first N test images of
+        each class (None: all 1,000).
+    reduced: whether this is less than the paper's Figure 1 (the whole training set, about 40 epochs).
+    """
+
+    name: str
+    rates: tuple[float, ...]
+    max_rates: int
+    caps: dict[str, int]
+    extra_epochs: int
+    precision: str
+    train_per_class: int | None
+    test_per_class: int | None
+    reduced: bool
+    note: str
+
+
+BUDGETS = {
+    "cpu": Budget("cpu", (0.002, 0.001, 0.004), 5, {"relu": 30, "tanh": 40}, 2, "bf16", 1000, 200, True,
+                  "sized for about 35 min on a shared 2-core CPU: 10,000 of the 50,000 training images "
+                  "(the first 1,000 of each class), bf16, at most 30 (ReLU) / 40 (tanh) epochs"),
+    "paper": Budget("paper", (0.002, 0.001, 0.004), 6, {"relu": 40, "tanh": 40}, 5, "fp32", None, None, False,
+                    "all 50,000 training images, up to 40 epochs a run (Figure 1's axis), fp32"),
+    "smoke": Budget("smoke", (0.002, 0.001), 2, {"relu": 2, "tanh": 2}, 0, "fp32", None, None, True,
+                    "a few steps, for tests"),
+}
+
+
+def base_config(model: str, lr: float, seed: int, budget: Budget, cap: int, overrides: tuple[str, ...] = ()) -> Config:
+    """The run's config: the cifar10 preset turned into Figure 1's recipe (see the module docstring)."""
+    return load_config("cifar10", [
+        f"model.name={model}",
+        "model.dropout=0.0",
+        "data.random_crop=false",
+        "data.flip=false",
+        "data.lighting_std=0.0",
+        "data.normalize=mean_image",
+        "data.input_scale=1.0",
+        "data.batch_size=128",
+        "optim.kind=paper",
+        f"optim.lr={lr!r}",
+        "optim.momentum=0.9",
+        "optim.weight_decay=0.0",
+        "schedule.kind=step",
+        "schedule.milestones=[1000000]",  # never reached: one constant rate
+        "schedule.warmup_epochs=0.0",
+        f"run.epochs={cap}",
+        f"run.seed={seed}",
+        f"run.precision={budget.precision}",
+        "run.checkpoint_every_epochs=1",
+        "run.checkpoint_every_minutes=0.0",
+        "run.eval_every_epochs=0",
+        *overrides,
+    ])
+
+
+def epochs_to_target(metrics: Metrics, target: float = TARGET, start: float = CHANCE) -> float | None:
+    """Epochs until the training error first reaches `target`, interpolated linearly between epoch ends
+    (None: not reached)."""
+    prev_epoch, prev_error = 0.0, start
+    for m in metrics:
+        epoch, error = m["epoch"], m["train_error"]
+        if error <= target:
+            if prev_error <= target:
+                return prev_epoch
+            return prev_epoch + (prev_error - target) / (prev_error - error) * (epoch - prev_epoch)
+        prev_epoch, prev_error = epoch, error
+    return None
+
+
+def _done(extra: int, bound: int | None):
+    """The stop rule: `extra` epochs after the one that reached 25 %, or, not reached, at `bound` epochs."""
+
+    def done(metrics: Metrics) -> bool:
+        reached = epochs_to_target(metrics)
+        if reached is not None:
+            return len(metrics) >= math.ceil(reached) + extra
+        return bound is not None and len(metrics) >= bound
+
+    return done
+
+
+def _spec(act: str, lr: float, seed: int, budget: Budget, overrides: tuple[str, ...],
+          bound: int | None = None) -> RunSpec:
+    config = base_config(MODELS[act], lr, seed, budget, budget.caps[act], overrides)
+    return RunSpec(f"{act}-lr{lr:g}-seed{seed}", act, config, _done(budget.extra_epochs, bound),
+                   {"lr": lr, "activation": act})
+
+
+def _rank(outcome: RunOutcome) -> tuple:
+    """Sweep order: reached sooner first; among runs that never reached, the lower last training error."""
+    reached = epochs_to_target(outcome.metrics)
+    last = outcome.metrics[-1]["train_error"] if outcome.metrics else 1.0
+    return (reached is None, reached if reached is not None else last)
+
+
+def sweep(runner: Runner, act: str, budget: Budget, overrides: tuple[str, ...]) -> tuple[float, list[RunOutcome]]:
+    """Seed 0 at each of the budget's rates (extended at the edge the best sits on); returns the chosen rate
+    and the sweep's outcomes in the order they ran."""
+    rates, outcomes = list(budget.rates), []
+    while len(outcomes) < len(rates):
+        reached = [e for e in (epochs_to_target(o.metrics) for o in outcomes) if e is not None]
+        bound = math.ceil(min(reached)) if reached else None
+        outcomes.append(runner.run(_spec(act, rates[len(outcomes)], 0, budget, overrides, bound)))
+        best = min(outcomes, key=_rank).info["lr"]
+        if len(outcomes) == len(rates) and len(rates) < budget.max_rates:
+            if best == max(rates):
+                rates.append(best * 2)
+            elif best == min(rates):
+                rates.append(best / 2)
+    return min(outcomes, key=_rank).info["lr"], outcomes
+
+
+def _stats(values: list[float]) -> dict:
+    return {
+        "values": values,
+        "n": len(values),
+        "mean": statistics.fmean(values) if values else None,
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+    }
+
+
+def run_experiment(runner: Runner, seeds: int, budget: Budget, overrides: tuple[str, ...] = ()) -> dict:
+    """Sweep, then every seed at the chosen rates; returns the results (without environment facts).
+    `overrides` apply to every run's config; without a data.store among them the budget's CIFAR-10 store is
+    used (prepared once)."""
+    if not any(o.startswith("data.store=") for o in overrides):
+        store = cifar10_store(budget.train_per_class, budget.test_per_class, runner.log)
+        overrides = (f"data.store={store}", *overrides)
+    chosen, sweeps, finals = {}, {}, {}
+    for act in MODELS:
+        chosen[act], sweeps[act] = sweep(runner, act, budget, overrides)
+    for act in MODELS:
+        finals[act] = [runner.run(_spec(act, chosen[act], seed, budget, overrides)) for seed in range(seeds)]
+    return summarize(chosen, sweeps, finals, budget, seeds, overrides)
+
+
+def _run_record(o: RunOutcome) -> dict:
+    return {
+        "key": o.key, "activation": o.variant, "seed": o.seed, "lr": o.info["lr"], "status": o.status,
+        "epochs_trained": o.epochs, "epochs_to_25": epochs_to_target(o.metrics),
+        "train_error": [m["train_error"] for m in o.metrics],
+        "images_per_s": statistics.fmean(m["images_per_s"] for m in o.metrics) if o.metrics else None,
+        "test_error_at_end": o.metrics[-1]["val_top1_error"] if o.metrics else None,
+        "wall_s": o.wall_s,
+    }
+
+
+def summarize(chosen: dict, sweeps: dict, finals: dict, budget: Budget, seeds: int,
+              overrides: tuple[str, ...]) -> dict:
+    """The numbers of the results file: per-seed epochs to 25 %, their mean and std, the ratio per seed."""
+    runs = {o.key: o for group in (*sweeps.values(), *finals.values()) for o in group}
+    per_act = {}
+    for act, outcomes in finals.items():
+        reached = [epochs_to_target(o.metrics) for o in outcomes]
+        per_act[act] = {
+            "lr": chosen[act],
+            **_stats([e for e in reached if e is not None]),
+            "not_reached": [{"seed": o.seed, "epochs": o.epochs} for o, e in zip(outcomes, reached, strict=True)
+                            if e is None],
+        }
+    ratios, lower_bounds = [], []
+    for relu, tanh in zip(finals["relu"], finals["tanh"], strict=True):
+        r, t = epochs_to_target(relu.metrics), epochs_to_target(tanh.metrics)
+        if r is not None and t is not None:
+            ratios.append(t / r)
+        elif r is not None:
+            lower_bounds.append({"seed": relu.seed, "at_least": tanh.epochs / r})
+    results = {
+        "experiment": NAME,
+        "claim": CLAIM,
+        "paper": {"ratio": PAPER_RATIO, "target_train_error": TARGET},
+        "budget": asdict(budget),
+        "seeds": list(range(seeds)),
+        "overrides": list(overrides),
+        "config": {act: config_record(base_config(MODELS[act], chosen[act], 0, budget, budget.caps[act], overrides))
+                   for act in MODELS},
+        "sweep": {act: {"chosen_lr": chosen[act], "runs": [_run_record(o) for o in sweeps[act]]} for act in MODELS},
+        "runs": [_run_record(o) for act in MODELS for o in finals[act]],
+        "epochs_to_25": per_act,
+        "ratio": {**_stats(ratios), "lower_bounds": lower_bounds},
+        "wall_time_s": sum(o.wall_s for o in runs.values()),
+        "runs_trained": len(runs),
+    }
+    results["table"] = table_row(results)
+    return results
+
+
+def _fmt(stats: dict) -> str:
+    if not stats["n"]:
+        return "not reached"
+    std = f" ± {stats['std']:.2f}" if stats["std"] is not None else ""
+    return f"{stats['mean']:.2f}{std}"
+
+
+def table_row(results: dict) -> dict:
+    """The row of experiments/README.md: claim, paper, ours, and what ours ran at."""
+    e, ratio, budget = results["epochs_to_25"], results["ratio"], results["budget"]
+    parts = []
+    if ratio["n"]:
+        parts.append(f"**{_fmt(ratio)}x** (n = {ratio['n']} seed pairs)")
+    if ratio["lower_bounds"]:
+        bounds = ", ".join(f"> {b['at_least']:.1f}x" for b in ratio["lower_bounds"])
+        parts.append(f"tanh not at 25 % within its cap for {len(ratio['lower_bounds'])} seed(s): {bounds}")
+    for act in MODELS:
+        s = e[act]
+        text = f"{act} {_fmt(s)} epochs to 25 % (lr {s['lr']:g}"
+        if s["not_reached"]:
+            text += f"; {len(s['not_reached'])} seed(s) not reached in {s['not_reached'][0]['epochs']} epochs"
+        parts.append(text + ")")
+    setting = f"budget {budget['name']}" + (" (**reduced**: " + budget["note"] + ")" if budget["reduced"] else "")
+    return {
+        "claim": results["claim"],
+        "paper": f"{PAPER_RATIO:g}x fewer epochs to 25 %",
+        "ours": "; ".join(parts),
+        "setting": setting,
+        "figure": f"{NAME}.png",
+    }
+
+
+def plot(results: dict, path: Path) -> None:
+    """Figure 1 as the paper draws it (training error against epochs, ReLU solid, tanh dashed, 25 % line),
+    every seed, beside the sweep (epochs to 25 % against the learning rate)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from alexnet.fsutil import atomic_write
+
+    fig, (ax, ax_sweep) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.6, 1]})
+    styles = {"relu": ("C0", "-", "ReLU"), "tanh": ("C3", "--", "tanh")}
+    top = 0
+    for act, (colour, line, label) in styles.items():
+        runs = [r for r in results["runs"] if r["activation"] == act]
+        for i, r in enumerate(runs):
+            epochs = range(1, len(r["train_error"]) + 1)
+            top = max(top, len(r["train_error"]))
+            stats = results["epochs_to_25"][act]
+            name = (f"{label} (lr {stats['lr']:g}; {_fmt(stats)} epochs to 25 %, n = {stats['n']})"
+                    if i == 0 else None)
+            ax.plot(epochs, r["train_error"], line, color=colour, lw=1.6, alpha=0.85, label=name)
+            if r["epochs_to_25"] is not None:
+                ax.plot([r["epochs_to_25"]], [TARGET], "o", color=colour, ms=4)
+    ax.axhline(TARGET, color="grey", lw=0.8, ls=":")
+    ax.text(top, TARGET + 0.01, "25 %", color="grey", ha="right", va="bottom", fontsize=8)
+    ratio = results["ratio"]
+    title = f"ReLU vs tanh on CIFAR-10: ratio {_fmt(ratio)}x (paper: {PAPER_RATIO:g}x)" if ratio["n"] else \
+        "ReLU vs tanh on CIFAR-10"
+    ax.set(xlabel="epochs", ylabel="training error rate", ylim=(0, 0.8), xlim=(0, top + 0.5), title=title)
+    ax.legend(fontsize=8, loc="upper right")
+    for act, (colour, line, label) in styles.items():
+        points = [(r["lr"], r["epochs_to_25"], r["epochs_trained"]) for r in results["sweep"][act]["runs"]]
+        reached = [(lr, e) for lr, e, _ in points if e is not None]
+        missed = [(lr, n) for lr, e, n in points if e is None]
+        if reached:
+            ax_sweep.plot(*zip(*sorted(reached), strict=True), line + "o", color=colour, label=label)
+        if missed:
+            ax_sweep.plot(*zip(*missed, strict=True), "x", color=colour, ms=8,
+                          label=f"{label}: not reached (x at epochs trained)")
+    ax_sweep.set(xscale="log", xlabel="learning rate (seed 0)", ylabel="epochs to 25 % training error",
+                 title="the learning-rate sweep")
+    ax_sweep.set_ylim(bottom=0)
+    ax_sweep.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)

@@ -1,0 +1,186 @@
+"""Run an experiment's training runs, one folder per run, so that a killed experiment continues where it
+stopped and never redoes a finished run.
+
+A run is a `RunSpec`: a complete config (its `run.epochs` is the cap), a seed, and a rule that decides
+after each epoch whether the run has seen enough. `Runner.run` trains it with `alexnet.train.fit` one
+epoch per call (`fit` resumes exactly from the checkpoint it wrote at the end of the previous epoch), asks
+the rule, and when the run is over writes `RUN/experiment-run.json`, the marker that makes a later call
+return the stored outcome without training. A run killed mid-epoch resumes from its last checkpoint.
+
+    RUNS/<key>/                        an ordinary run folder (`alexnet.rundir`)
+    RUNS/<key>/experiment-run.json     the finished run's outcome (written last, atomically)
+    RUNS/<key>/experiment-wall.json    seconds spent in fit so far, across calls
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from alexnet.config import Config, config_to_dict
+from alexnet.fsutil import atomic_write
+
+Metrics = list[dict]
+OUTCOME_FILE = "experiment-run.json"
+WALL_FILE = "experiment-wall.json"
+
+
+class ExperimentInterrupted(RuntimeError):
+    """A signal stopped a run (its checkpoint is saved); running the experiment again continues it."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of an experiment.
+
+    key: the run folder's name, unique within the experiment (variant, setting and seed in it).
+    variant: the label results group by ("relu", "tanh").
+    config: complete; `run.epochs` is the most epochs the run may train, `run.seed` its seed.
+    done: called with the whole epochs' metrics after each epoch; True ends the run (None: run to the cap).
+    info: JSON-ready facts results carry along (a learning rate, a role in a sweep).
+    """
+
+    key: str
+    variant: str
+    config: Config
+    done: Callable[[Metrics], bool] | None = None
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunOutcome:
+    key: str
+    variant: str
+    seed: int
+    status: str  # "finished" (the rule or the cap ended it) or "diverged" (a non-finite loss)
+    metrics: Metrics
+    wall_s: float  # seconds spent in fit, over every call that trained this run
+    run_dir: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def epochs(self) -> int:
+        return len(self.metrics)
+
+
+def read_metrics(run_dir: Path) -> Metrics:
+    """The whole epochs' records of a run folder's metrics.jsonl (none when it has none yet)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if not r.get("partial")]
+
+
+def _write_json(path: Path, data: dict) -> None:
+    text = json.dumps(data, indent=2) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+class Runner:
+    """Trains RunSpecs under `root`, each at most once.
+
+    Args:
+        root: the experiment's runs folder (one subfolder per run key).
+        progress: tqdm bars inside fit.
+        log: where one line per epoch-chunk and per run goes.
+        on_finished: called with each outcome the moment its marker is written (tests kill here).
+    """
+
+    def __init__(self, root: str | os.PathLike, progress: bool = False, log: Callable[[str], None] = print,
+                 on_finished: Callable[[RunOutcome], None] | None = None) -> None:
+        self.root = Path(root)
+        self.progress = progress
+        self.log = log
+        self.on_finished = on_finished
+        self.trained_now: list[str] = []  # keys this Runner trained (rather than found finished)
+
+    def finished(self, key: str) -> RunOutcome | None:
+        """The stored outcome of run `key`, or None while it is not finished."""
+        path = self.root / key / OUTCOME_FILE
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text())
+        return RunOutcome(**{**data, "metrics": read_metrics(self.root / key)})
+
+    def run(self, spec: RunSpec) -> RunOutcome:
+        """Train `spec` to its end (or return its stored outcome)."""
+        stored = self.finished(spec.key)
+        if stored is not None:
+            return stored
+        import torch
+
+        from alexnet.errors import NonFiniteLossError
+        from alexnet.train import fit
+
+        # Tiny initial weights (cuda-convnet's 1e-4) make denormal floats, whose arithmetic is slow on a CPU;
+        # flushing them to zero changes nothing a network can notice (GPUs of the time flushed them too).
+        torch.set_flush_denormal(True)
+
+        run_dir = self.root / spec.key
+        wall_path = run_dir / WALL_FILE
+        wall = json.loads(wall_path.read_text())["wall_s"] if wall_path.is_file() else 0.0
+        cap = spec.config.run.epochs
+        metrics = read_metrics(run_dir)
+        status = "finished"
+        self.trained_now.append(spec.key)
+        while len(metrics) < cap and not (metrics and spec.done is not None and spec.done(metrics)):
+            config = _with_epochs(spec.config, len(metrics) + 1)
+            t0 = time.monotonic()
+            try:
+                summary = fit(config, run_dir, resume=True, progress=self.progress)
+            except NonFiniteLossError as err:
+                status = "diverged"
+                self.log(f"{spec.key}: diverged ({err})")
+                break
+            finally:
+                wall += time.monotonic() - t0
+                if run_dir.is_dir():  # fit leaves no folder when the run could not start
+                    _write_json(wall_path, {"wall_s": wall})
+            if summary["status"] == "interrupted":
+                raise ExperimentInterrupted(
+                    f"{spec.key} interrupted by signal {summary['signal']}; its checkpoint is saved, run the "
+                    "experiment again to continue"
+                )
+            metrics = read_metrics(run_dir)
+        outcome = RunOutcome(spec.key, spec.variant, spec.config.run.seed, status, metrics, wall, str(run_dir),
+                             spec.info)
+        _write_json(run_dir / OUTCOME_FILE, {k: v for k, v in asdict(outcome).items() if k != "metrics"})
+        self.log(f"{spec.key}: {status} after {outcome.epochs} epochs, {wall / 60:.1f} min")
+        if self.on_finished is not None:
+            self.on_finished(outcome)
+        return outcome
+
+
+def _with_epochs(config: Config, epochs: int) -> Config:
+    return dataclasses.replace(config, run=dataclasses.replace(config.run, epochs=epochs))
+
+
+def code_version() -> dict:
+    """The package version and, from a git checkout, the commit and whether the tree had changes."""
+    from alexnet import __version__
+
+    here = Path(__file__).resolve().parent
+    version = {"alexnet": __version__, "commit": None, "dirty": None}
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10)
+        if commit.returncode == 0:
+            version["commit"] = commit.stdout.strip()
+            status = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--", str(here.parent)],
+                                    capture_output=True, text=True, timeout=10)
+            version["dirty"] = bool(status.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return version
+
+
+def config_record(config: Config) -> dict:
+    """A config as results files store it (nested dicts)."""
+    return config_to_dict(config)

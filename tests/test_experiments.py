@@ -1,0 +1,264 @@
+"""`alexnet experiment`: the runner over fit (resumable, finished runs kept), the relu-vs-tanh experiment end to
+end at a tiny budget, its measure (epochs to 25 %), its sweep, its network (cuda-convnet's layers-19pct.cfg),
+the results file and the generated table. Nothing here asserts the scientific outcome."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from alexnet.cli import main as cli_main
+from alexnet.experiments import relu_vs_tanh as rvt
+from alexnet.experiments import run as run_experiment
+from alexnet.experiments.runner import OUTCOME_FILE, Runner, RunOutcome, RunSpec
+from alexnet.models import create_model
+from helpers_train import alexnet_cmd, env_one_thread, make_store, tiny_config
+
+SMOKE = ("data.batch_size=16", "data.eval_batch_size=16", "data.workers=0")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return make_store(tmp_path_factory.mktemp("exp"), n_train=8, n_val=4, size=32)
+
+
+def _records(errors: list[float]) -> list[dict]:
+    return [{"epoch": i + 1, "train_error": e} for i, e in enumerate(errors)]
+
+
+# --- the measure ---------------------------------------------------------------------------------------
+
+def test_epochs_to_target_interpolates_between_epoch_ends():
+    assert rvt.epochs_to_target(_records([0.5, 0.3, 0.2])) == pytest.approx(2.5)  # 0.3 -> 0.2 crosses halfway
+    assert rvt.epochs_to_target(_records([0.5, 0.25])) == pytest.approx(2.0)
+    assert rvt.epochs_to_target(_records([0.1])) == pytest.approx((0.9 - 0.25) / (0.9 - 0.1))  # from chance
+    assert rvt.epochs_to_target(_records([0.5, 0.4, 0.3])) is None
+
+
+def test_stop_rule_extra_epochs_after_reaching_and_the_sweep_bound():
+    done = rvt._done(extra=2, bound=None)
+    assert not done(_records([0.5, 0.2])) and not done(_records([0.5, 0.2, 0.1]))
+    assert done(_records([0.5, 0.2, 0.1, 0.1]))  # reached in epoch 2, then 2 more
+    bounded = rvt._done(extra=0, bound=3)
+    assert not bounded(_records([0.5, 0.4])) and bounded(_records([0.5, 0.4, 0.3]))
+
+
+class FakeRunner:
+    """Outcomes from a table of lr -> training errors per epoch, cut where each spec's rule says."""
+
+    def __init__(self, curves: dict[float, list[float]]):
+        self.curves, self.runs = curves, []
+        self.log = print
+
+    def run(self, spec: RunSpec) -> RunOutcome:
+        lr = spec.info["lr"]
+        metrics = []
+        for m in _records(self.curves[lr])[: spec.config.run.epochs]:
+            metrics.append(m)
+            if spec.done(metrics):
+                break
+        self.runs.append((lr, len(metrics)))
+        return RunOutcome(spec.key, spec.variant, spec.config.run.seed, "finished", metrics, 1.0, "", spec.info)
+
+
+def _budget(**changes) -> rvt.Budget:
+    return rvt.Budget(**{**rvt.BUDGETS["smoke"].__dict__, "caps": {"relu": 10, "tanh": 10}, **changes})
+
+
+def test_sweep_stops_losers_at_the_best_epochs_and_grows_the_grid_at_its_edge():
+    slow, fast, faster = [0.8] * 10, [0.6, 0.4, 0.2, 0.1, 0.1, 0.1], [0.5, 0.2, 0.1, 0.1]
+    runner = FakeRunner({0.002: fast, 0.001: slow, 0.004: faster, 0.008: slow})
+    budget = _budget(rates=(0.002, 0.001, 0.004), max_rates=5, extra_epochs=1)
+    lr, outcomes = rvt.sweep(runner, "relu", budget, ("data.store=x",))
+    assert lr == 0.004
+    # 0.002 reaches 25 % in epoch 3 and trains 1 more; 0.001 is cut at 3 epochs; 0.004 wins at the edge, so 0.008
+    # is tried and cut at 2 (the new best, ceil(1.67)); 0.008 lost, so the grid stops growing (not at 0.016)
+    assert runner.runs == [(0.002, 4), (0.001, 3), (0.004, 3), (0.008, 2)]
+    assert [o.info["lr"] for o in outcomes] == [0.002, 0.001, 0.004, 0.008]
+
+
+def test_sweep_without_any_run_reaching_chooses_the_lowest_last_error():
+    runner = FakeRunner({0.002: [0.8, 0.6], 0.001: [0.8, 0.7]})
+    lr, _ = rvt.sweep(runner, "tanh", _budget(caps={"relu": 2, "tanh": 2}), ("data.store=x",))
+    assert lr == 0.002 and runner.runs == [(0.002, 2), (0.001, 2)]
+
+
+# --- the network of the experiment ------------------------------------------------------------------------
+
+def test_fig1_net_follows_layers_19pct():
+    torch.manual_seed(0)
+    net = create_model("cifar_fig1_tanh", num_classes=10)
+    assert isinstance(net.conv1[2], torch.nn.MaxPool2d) and isinstance(net.conv2[2], torch.nn.AvgPool2d)
+    assert isinstance(net.conv3[2], torch.nn.AvgPool2d) and isinstance(net.conv1[1], torch.nn.Tanh)
+    assert net.conv1[0].weight.std().item() == pytest.approx(1e-4, rel=0.05)  # initW per layer
+    for layer in (net.conv2[0], net.conv3[0], net.fc4):
+        assert layer.weight.std().item() == pytest.approx(0.01, rel=0.1)
+        assert not layer.bias.any()
+    # cuda-convnet's pooling: windows at 0, 2, ..., 30, the last one clipped to 2 columns, averaged over those
+    x = torch.arange(32.0).repeat(1, 32, 1).reshape(1, 1, 32, 32)
+    pooled = net.conv2[2](x)
+    assert pooled.shape == (1, 1, 16, 16)
+    assert pooled[0, 0, 0, 0].item() == pytest.approx(1.0) and pooled[0, 0, 0, -1].item() == pytest.approx(30.5)
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_existing_cifar_nets_keep_their_layers():
+    torch.manual_seed(0)
+    net = create_model("cifar_relu", num_classes=10)
+    pool = net.conv2[-1]
+    assert isinstance(pool, torch.nn.MaxPool2d) and pool.padding == 1 and not pool.ceil_mode
+    torch.manual_seed(0)
+    ref = torch.nn.Conv2d(3, 32, 5, padding=2)  # PyTorch's default initialisation, drawn first
+    torch.testing.assert_close(net.conv1[0].weight, ref.weight)
+
+
+# --- the runner ---------------------------------------------------------------------------------------------
+
+class Stop(Exception):
+    pass
+
+
+def _stop_after_first(outcome: RunOutcome) -> None:
+    raise Stop(outcome.key)
+
+
+def test_runner_records_a_diverged_run_and_does_not_retrain_it(tmp_path, store):
+    spec = RunSpec("huge-lr", "relu", tiny_config(store, "optim.lr=1e12", "run.epochs=3", *SMOKE), None, {})
+    runner = Runner(tmp_path, log=lambda line: None)
+    outcome = runner.run(spec)
+    assert outcome.status == "diverged" and outcome.epochs < 3
+    again = Runner(tmp_path, log=lambda line: None)
+    assert again.run(spec).status == "diverged" and again.trained_now == []
+
+
+def test_runner_keeps_finished_runs_when_stopped_between_runs(tmp_path, store):
+    specs = [RunSpec(f"run{i}", "relu", tiny_config(store, f"run.seed={i}", "run.epochs=1", *SMOKE)) for i in (0, 1)]
+    first = Runner(tmp_path, log=lambda line: None, on_finished=_stop_after_first)
+    with pytest.raises(Stop):
+        for spec in specs:
+            first.run(spec)
+    stamp = (tmp_path / "run0" / OUTCOME_FILE).stat().st_mtime_ns
+    second = Runner(tmp_path, log=lambda line: None)
+    outcomes = [second.run(spec) for spec in specs]
+    assert second.trained_now == ["run1"] and (tmp_path / "run0" / OUTCOME_FILE).stat().st_mtime_ns == stamp
+    assert [o.epochs for o in outcomes] == [1, 1] and outcomes[0].wall_s > 0
+    assert outcomes[0].metrics == [json.loads(line) for line in (tmp_path / "run0" / "metrics.jsonl").open()]
+
+
+# --- the experiment end to end ------------------------------------------------------------------------------
+
+def _run(tmp_path: Path, store: Path, runner: Runner | None = None) -> dict:
+    return run_experiment("relu-vs-tanh", seeds=2, budget="smoke", device="cpu", runs_dir=tmp_path / "runs",
+                          out=tmp_path / "out", overrides=(f"data.store={store}", *SMOKE), runner=runner)
+
+
+@pytest.mark.slow
+def test_experiment_stopped_after_its_first_run_resumes_without_redoing_it(tmp_path, store):
+    first = Runner(tmp_path / "runs", log=lambda line: None, on_finished=_stop_after_first)
+    with pytest.raises(Stop) as stopped:
+        _run(tmp_path, store, first)
+    key = str(stopped.value)
+    marker = tmp_path / "runs" / key / OUTCOME_FILE
+    stamp = marker.stat().st_mtime_ns
+    second = Runner(tmp_path / "runs", log=lambda line: None)
+    results = _run(tmp_path, store, second)
+    assert key not in second.trained_now and marker.stat().st_mtime_ns == stamp
+    assert results["trained_in_this_call"] == second.trained_now
+
+    # every (activation, lr, seed) in its own folder: the sweep's 2 rates at seed 0, then seed 1 at the chosen
+    keys = {r["key"] for r in results["runs"]} | {r["key"] for s in results["sweep"].values() for r in s["runs"]}
+    assert len(keys) == results["runs_trained"] == 6 and key in keys
+    assert {p.name for p in (tmp_path / "runs").iterdir()} == keys
+
+    for name in ("experiment", "claim", "paper", "budget", "seeds", "config", "sweep", "runs", "epochs_to_25",
+                 "ratio", "wall_time_s", "command", "code_version", "hardware", "table", "plot"):
+        assert name in results, name
+    assert results["hardware"]["cpu"] and results["hardware"]["cores"] >= 1
+    assert results["budget"]["name"] == "smoke" and results["budget"]["reduced"] is True
+    assert results["seeds"] == [0, 1] and len(results["runs"]) == 4
+    for act in ("relu", "tanh"):
+        runs = [r for r in results["runs"] if r["activation"] == act]
+        assert [r["seed"] for r in runs] == [0, 1] and len({r["lr"] for r in runs}) == 1
+        stats = results["epochs_to_25"][act]
+        values = [r["epochs_to_25"] for r in runs if r["epochs_to_25"] is not None]
+        assert stats["values"] == values and stats["n"] == len(values)
+        assert len(stats["not_reached"]) == 2 - len(values)
+        if values:
+            assert stats["mean"] == pytest.approx(statistics.fmean(values))
+        if len(values) > 1:
+            assert stats["std"] == pytest.approx(statistics.stdev(values))
+        for r in runs:
+            metrics = [json.loads(line) for line in (tmp_path / "runs" / r["key"] / "metrics.jsonl").open()]
+            assert r["train_error"] == [m["train_error"] for m in metrics]
+    assert results["wall_time_s"] == pytest.approx(sum(
+        json.loads((tmp_path / "runs" / k / OUTCOME_FILE).read_text())["wall_s"] for k in keys))
+
+    saved = json.loads((tmp_path / "out" / "results" / "relu-vs-tanh.json").read_text())
+    assert saved["ratio"] == results["ratio"] and saved["command"].startswith("alexnet experiment relu-vs-tanh")
+    assert (tmp_path / "out" / "results" / "relu-vs-tanh.png").stat().st_size > 10_000
+    table = (tmp_path / "out" / "README.md").read_text()
+    assert "| claim | paper |" in table and "reduced" in table and saved["command"] in table
+
+
+def _results(claim: str, plot: str | None = "x.png") -> dict:
+    return {
+        "claim": claim, "command": "alexnet experiment x --seeds 3", "wall_time_s": 90.0, "plot": plot,
+        "hardware": {"cpu": "AMD EPYC", "cores": 2, "device": "cpu", "gpu": None, "torch": "2.14.1"},
+        "table": {"claim": claim, "paper": "6x", "ours": "2.0 ± 0.1x | n = 3", "setting": "budget cpu (reduced)"},
+    }
+
+
+def test_table_is_generated_from_every_results_file(tmp_path, capsys):
+    (tmp_path / "results").mkdir()
+    for name in ("b", "a"):
+        (tmp_path / "results" / f"{name}.json").write_text(json.dumps(_results(f"claim {name}")))
+    assert cli_main(["experiment", "table", "--out", str(tmp_path)]) == 0
+    lines = (tmp_path / "README.md").read_text().splitlines()
+    rows = [line for line in lines if line.startswith(("| claim a", "| claim b"))]
+    assert rows[0].startswith("| claim a ([plot](results/x.png)) | 6x | 2.0 ± 0.1x \\| n = 3 |")  # | escaped
+    assert "AMD EPYC, 2 cores (cpu, torch 2.14.1); budget cpu (reduced); 1.5 min" in rows[0]
+    assert "claim b" in rows[1] and "`alexnet experiment x --seeds 3`" in rows[1]
+    assert str(tmp_path / "README.md") in capsys.readouterr().out
+
+
+def test_unknown_experiment_and_budget_are_one_line_errors(capsys):
+    assert cli_main(["experiment", "nope"]) == 1
+    assert "unknown experiment 'nope'; experiments: relu-vs-tanh" in capsys.readouterr().err
+    assert cli_main(["experiment", "relu-vs-tanh", "--budget", "huge"]) == 1
+    assert "unknown budget 'huge' for relu-vs-tanh; budgets: cpu, paper, smoke" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_experiment_killed_with_sigkill_continues_where_it_stopped(tmp_path, store):
+    cmd = alexnet_cmd("experiment", "relu-vs-tanh", "--seeds", "2", "--budget", "smoke", "--device", "cpu",
+                      "--data", str(store), "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+                      "--no-progress", *(a for s in SMOKE for a in ("--set", s)))
+    proc = subprocess.Popen(cmd, env=env_one_thread(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    markers = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        markers = sorted((tmp_path / "runs").glob(f"*/{OUTCOME_FILE}"))
+        if markers and any(not (d / OUTCOME_FILE).exists() and (d / "checkpoints" / "latest.pt").exists()
+                           for d in (tmp_path / "runs").iterdir()):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the experiment ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {m.parent.name: m.stat().st_mtime_ns for m in markers}
+    out = subprocess.run(cmd, env=env_one_thread(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "resuming from" in out.stdout  # the killed run continued from its checkpoint
+    for key, stamp in finished.items():
+        assert (tmp_path / "runs" / key / OUTCOME_FILE).stat().st_mtime_ns == stamp, key
+    results = json.loads((tmp_path / "out" / "results" / "relu-vs-tanh.json").read_text())
+    assert not set(finished) & set(results["trained_in_this_call"]) and len(results["runs"]) == 4
+
