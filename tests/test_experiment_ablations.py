@@ -1,0 +1,67 @@
+"""The ablations experiment end to end at a tiny budget (the CIFAR-sized net stands in for every variant:
+nothing here asserts the scientific outcome), killed midway and resumed, its intervals and its table rows."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from alexnet.experiments import ablations
+from alexnet.experiments.runner import Runner
+from helpers_train import make_store
+
+TINY = ("model.name=cifar_relu", "model.init=paper", "model.input_size=32", "data.crop=32", "data.input_scale=64.0",
+        "data.batch_size=8", "data.eval_batch_size=16", "data.in_memory=true", "data.workers=0",
+        "run.device=cpu", "run.precision=fp32", "run.checkpoint_every_minutes=0.0")
+
+
+class Killed(Exception):
+    pass
+
+
+def test_paired_bootstrap_and_seed_intervals():
+    full = np.array([1, 1, 1, 1, 0, 0, 1, 1, 0, 1] * 30, dtype=bool)
+    same = ablations.paired_bootstrap(full, full)
+    assert same == [0.0, 0.0]
+    worse = full.copy()
+    worse[:60] = False  # 42 of the 300 images lost: +0.14 error, far from 0
+    difference = (int(full.sum()) - int(worse.sum())) / len(full)
+    lo, hi = ablations.paired_bootstrap(worse, full)
+    assert 0 < lo < difference < hi
+    assert ablations._interval_over_seeds([0.01]) is None
+    lo, hi = ablations._interval_over_seeds([0.01, 0.03])
+    assert lo < 0.02 < hi and lo < 0  # two seeds, t = 12.7: wide
+
+
+@pytest.mark.slow
+def test_ablations_run_end_to_end_resume_and_table(tmp_path, monkeypatch):
+    store = make_store(tmp_path, n_train=6, n_val=3, size=36)
+    variants = (ablations.VARIANTS[0], ablations.VARIANTS[1], ablations.VARIANTS[6])  # full, no-lrn, no-lighting
+    monkeypatch.setattr(ablations, "VARIANTS", variants)
+    budget = replace(ablations.BUDGETS["smoke"], store=str(store))
+    overrides = (f"data.store={store}", *TINY)
+    finished = []
+
+    def kill_after_two(outcome):
+        finished.append(outcome.key)
+        if len(finished) == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        ablations.run_experiment(Runner(tmp_path / "runs", on_finished=kill_after_two), 2, budget, overrides)
+    runner = Runner(tmp_path / "runs")
+    results = ablations.run_experiment(runner, 2, budget, overrides)
+    assert len(runner.trained_now) == 6 - 2  # the two finished runs are not trained again
+    keys = [r["variant"] for r in results["variants"]]
+    assert keys == ["full", "no-lrn", "no-lighting"]
+    for row in results["variants"]:
+        assert len(row["runs"]) == 2 and 0 <= row["top1_error"] <= 1
+        if row["variant"] != "full":
+            assert len(row["top1_interval_images"]) == 2 and len(row["top1_interval_seeds"]) == 2
+    assert len(results["table"]) == 3 and "**reduced**" in results["table"][1]["setting"]
+    assert all((tmp_path / "runs" / f"{k}-seed{s}" / "val_hits.npz").is_file() for k in keys for s in (0, 1))
+    ablations.plot(results, tmp_path / "ablations.png")
+    assert Path(tmp_path / "ablations.png").stat().st_size > 10_000
