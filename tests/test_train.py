@@ -100,6 +100,24 @@ def test_budget_stop_then_resume_equals_the_uninterrupted_run(reference, store, 
     assert losses[0] == losses[1]
 
 
+def test_until_epoch_pauses_and_the_resumed_run_is_the_uninterrupted_one(store, tmp_path):
+    """fit(..., until_epoch=k) returns after k epochs; resumed, the run ends as one call would have it,
+    the linear schedule decaying over all of run.epochs (what the experiments' runner relies on)."""
+    kind = ("schedule.kind=linear",)
+    whole = fit(tiny_config(store, *kind), tmp_path / "whole", progress=False)
+    run = tmp_path / "run"
+    paused = fit(tiny_config(store, *kind), run, progress=False, until_epoch=1)
+    assert paused["status"] == "paused" and paused["step"] == 16 and paused["last"]["epoch"] == 1
+    fit(tiny_config(store, *kind), run, resume=True, progress=False, until_epoch=2)
+    final = fit(tiny_config(store, *kind), run, resume=True, progress=False)
+    assert final["status"] == "finished" and final["step"] == whole["step"] == 48
+    ref = load_checkpoint(tmp_path / "whole" / "checkpoints" / "latest.pt")
+    got = load_checkpoint(run / "checkpoints" / "latest.pt")
+    for k, v in ref["model"].items():
+        assert torch.equal(v, got["model"][k]), k
+    assert [m["lr"] for m in ref["metrics"]] == [m["lr"] for m in got["metrics"]]
+
+
 @pytest.mark.parametrize(
     "key, old, new",
     [

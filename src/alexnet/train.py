@@ -92,6 +92,7 @@ def fit(
     pretrained: str | os.PathLike | None = None,
     progress: bool = True,
     clock: Callable[[], float] = time.monotonic,
+    until_epoch: int | None = None,
 ) -> dict:
     """Train `config` in `run_dir`; under torchrun, data-parallel over its processes.
 
@@ -104,19 +105,23 @@ def fit(
             the run (fine-tuning, `alexnet finetune`).
         progress: show tqdm bars (rank 0, on a terminal).
         clock: what the budget and the checkpoint intervals are measured with (a fake one in tests).
+        until_epoch: return once this many epochs are done (a checkpoint saved, status "paused"), the
+            schedule still that of `run.epochs`; a later call with `resume` continues the same run
+            (an experiment that looks at every epoch before it trains the next).
 
     Returns:
-        a summary: status ("finished", "budget" or "interrupted"), signal, epoch, step, the last metrics
-        record, the best validation top-1 error and the run's paths.
+        a summary: status ("finished", "budget", "paused" or "interrupted"), signal, epoch, step, the last
+        metrics record, the best validation top-1 error and the run's paths.
     """
     info = init_distributed(config.run.device)
     try:
-        return _fit(config, RunPaths(Path(run_dir)), resume, pretrained, progress, info, clock)
+        return _fit(config, RunPaths(Path(run_dir)), resume, pretrained, progress, info, clock, until_epoch)
     finally:
         cleanup()
 
 
-def _fit(config: Config, paths: RunPaths, resume: bool, pretrained, progress: bool, info: DistInfo, clock) -> dict:
+def _fit(config: Config, paths: RunPaths, resume: bool, pretrained, progress: bool, info: DistInfo, clock,
+         until_epoch: int | None = None) -> dict:
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     store = Store.open(resolve_store(config.data.store))
@@ -136,7 +141,8 @@ def _fit(config: Config, paths: RunPaths, resume: bool, pretrained, progress: bo
     eval_model = torch.compile(run.raw) if config.run.compile else run.raw
     autocast = autocast_context(info.device, config.run.precision)
     with control.stopper.installed(), RunLogger(paths, pos.epoch, info.is_main) as logger:
-        while pos.epoch < config.run.epochs and not control.stopping:
+        last = min(config.run.epochs, until_epoch) if until_epoch is not None else config.run.epochs
+        while pos.epoch < last and not control.stopping:
             pos.step, _ = train_one_epoch(
                 forward, run.optimizer, run.train_batches.epoch(pos.epoch, pos.batch),
                 partial(_augment, run, pos.epoch), epoch=pos.epoch, step=pos.step, lr_at=run.schedule.lr,
@@ -154,9 +160,11 @@ def _fit(config: Config, paths: RunPaths, resume: bool, pretrained, progress: bo
                                   progress=progress and info.is_main, total=len(run.eval_batches))
             record, is_best = _end_epoch(run, pos, counts, control.elapsed(), partial=control.stopping)
             every = config.run.checkpoint_every_epochs
-            latest = control.stopping or pos.epoch == config.run.epochs or bool(every and pos.epoch % every == 0)
+            latest = control.stopping or pos.epoch >= last or bool(every and pos.epoch % every == 0)
             _save(run, pos, control, paths, latest=latest, best=is_best)
             logger.epoch(record, pos.metrics, _planned_epochs(run, pos))
+    if control.status == "finished" and pos.epoch < config.run.epochs:
+        control.status = "paused"  # until_epoch: the run goes on at the next call
     return _summary(control, pos, paths)
 
 

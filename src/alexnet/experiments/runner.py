@@ -2,10 +2,11 @@
 stopped and never redoes a finished run.
 
 A run is a `RunSpec`: a complete config (its `run.epochs` is the cap), a seed, and a rule that decides
-after each epoch whether the run has seen enough. `Runner.run` trains it with `alexnet.train.fit` one
-epoch per call (`fit` resumes exactly from the checkpoint it wrote at the end of the previous epoch), asks
-the rule, and when the run is over writes `RUN/experiment-run.json`, the marker that makes a later call
-return the stored outcome without training. A run killed mid-epoch resumes from its last checkpoint.
+after each epoch whether the run has seen enough. `Runner.run` trains it with `alexnet.train.fit`, one
+epoch per call when it has a rule (`fit(..., until_epoch=k)` resumes exactly from the checkpoint it wrote
+at the end of the previous epoch, with the whole run's schedule), asks the rule, and when the run is over
+writes `RUN/experiment-run.json`, the marker that makes a later call return the stored outcome without
+training. A run killed mid-epoch resumes from its last checkpoint.
 
     RUNS/<key>/                        an ordinary run folder (`alexnet.rundir`)
     RUNS/<key>/experiment-run.json     the finished run's outcome (written last, atomically)
@@ -14,7 +15,6 @@ return the stored outcome without training. A run killed mid-epoch resumes from 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -131,10 +131,12 @@ class Runner:
         status = "finished"
         self.trained_now.append(spec.key)
         while len(metrics) < cap and not (metrics and spec.done is not None and spec.done(metrics)):
-            config = _with_epochs(spec.config, len(metrics) + 1)
+            # One epoch a call when a rule looks at each epoch, else the whole run; the schedule is always
+            # that of the whole run (`run.epochs`), so a linear decay does not change between calls.
+            until = len(metrics) + 1 if spec.done is not None else None
             t0 = time.monotonic()
             try:
-                summary = fit(config, run_dir, resume=True, progress=self.progress)
+                summary = fit(spec.config, run_dir, resume=True, progress=self.progress, until_epoch=until)
             except NonFiniteLossError as err:
                 status = "diverged"
                 self.log(f"{spec.key}: diverged ({err})")
@@ -156,10 +158,6 @@ class Runner:
         if self.on_finished is not None:
             self.on_finished(outcome)
         return outcome
-
-
-def _with_epochs(config: Config, epochs: int) -> Config:
-    return dataclasses.replace(config, run=dataclasses.replace(config.run, epochs=epochs))
 
 
 def code_version() -> dict:
