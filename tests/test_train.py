@@ -108,6 +108,7 @@ def test_until_epoch_pauses_and_the_resumed_run_is_the_uninterrupted_one(store, 
     run = tmp_path / "run"
     paused = fit(tiny_config(store, *kind), run, progress=False, until_epoch=1)
     assert paused["status"] == "paused" and paused["step"] == 16 and paused["last"]["epoch"] == 1
+    assert paused["last"]["val_top1_error"] is not None  # a call ends validated, like a run
     fit(tiny_config(store, *kind), run, resume=True, progress=False, until_epoch=2)
     final = fit(tiny_config(store, *kind), run, resume=True, progress=False)
     assert final["status"] == "finished" and final["step"] == whole["step"] == 48
