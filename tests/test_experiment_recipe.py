@@ -1,0 +1,42 @@
+"""The paper-recipe experiment end to end at a tiny budget (the CIFAR-sized net stands in for the
+paper's), and its plateau measure; nothing here asserts the scientific outcome."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+
+from alexnet.experiments import paper_recipe
+from alexnet.experiments.runner import Runner
+from helpers_train import make_store
+
+TINY = ("model.name=cifar_relu", "model.init=paper", "model.input_size=32", "data.crop=32", "data.input_scale=64.0",
+        "data.batch_size=8", "data.eval_batch_size=16", "data.workers=0", "data.lighting_std=0.0",
+        "run.device=cpu", "run.checkpoint_every_minutes=0.0")
+
+
+def test_plateau_counts_the_leading_epochs_at_chance_loss():
+    chance = math.log(10)
+    metrics = [{"train_loss": chance + 0.01}, {"train_loss": chance - 0.02}, {"train_loss": 1.5},
+               {"train_loss": chance}]
+    assert paper_recipe.plateau_epochs(metrics, 10) == 2  # the return to chance at epoch 4 does not count
+    assert paper_recipe.plateau_epochs([{"train_loss": 1.0}], 10) == 0
+
+
+@pytest.mark.slow
+def test_paper_recipe_end_to_end(tmp_path):
+    store = make_store(tmp_path, n_train=6, n_val=3, size=36)
+    budget = replace(paper_recipe.BUDGETS["smoke"], store=str(store))
+    results = paper_recipe.run_experiment(Runner(tmp_path / "runs"), 1, budget, (f"data.store={store}", *TINY))
+    assert set(results["recipes"]) == {"paper", "cuda-convnet", "demo"}
+    assert results["classes"] == 4 and results["chance_loss"] == pytest.approx(math.log(4))
+    for r in results["recipes"].values():
+        assert len(r["runs"]) == 1 and len(r["runs"][0]["train_loss"]) == 2
+        assert r["runs"][0]["val_top1_accuracy"][-1] is not None
+    assert results["config"]["paper"]["schedule"]["kind"] == "plateau"
+    assert results["config"]["demo"]["schedule"]["kind"] == "linear"
+    assert "paper:" in results["table"]["ours"] and "**reduced**" in results["table"]["setting"]
+    paper_recipe.plot(results, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 5_000
