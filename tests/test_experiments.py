@@ -153,6 +153,19 @@ def test_runner_keeps_finished_runs_when_stopped_between_runs(tmp_path, store):
     assert outcomes[0].metrics == [json.loads(line) for line in (tmp_path / "run0" / "metrics.jsonl").open()]
 
 
+def test_a_longer_spec_continues_a_finished_run_and_a_shorter_one_gets_its_first_epochs(tmp_path, store):
+    def spec(epochs: int) -> RunSpec:
+        return RunSpec("run", "relu", tiny_config(store, f"run.epochs={epochs}", *SMOKE), rvt._done(0, None))
+
+    short = Runner(tmp_path, log=lambda line: None).run(spec(1))
+    longer = Runner(tmp_path, log=lambda line: None)
+    extended = longer.run(spec(2))
+    assert longer.trained_now == ["run"] and extended.epochs == 2 and extended.metrics[0] == short.metrics[0]
+    again = Runner(tmp_path, log=lambda line: None)
+    prefix = again.run(spec(1))
+    assert again.trained_now == [] and prefix.metrics == short.metrics and 0 < prefix.wall_s < extended.wall_s
+
+
 # --- the experiment end to end ------------------------------------------------------------------------------
 
 def _run(tmp_path: Path, store: Path, runner: Runner | None = None) -> dict:

@@ -1,10 +1,11 @@
 """The paper's claims reproduced with seeds: `alexnet experiment NAME` (runs, results JSON, plots) and
 `alexnet experiment table` (experiments/README.md, generated from the results files).
 
-An experiment module has NAME, CLAIM, BUDGETS (name -> Budget, "cpu" the default), `run_experiment(runner,
-seeds, budget, overrides)` returning its results dict (with a "table" row), and `plot(results, path)`.
-`run` below adds what every results file carries (command, code version, machine, wall time), writes
-`OUT/results/NAME.json` and `NAME.png`, and regenerates the table.
+An experiment module has NAME, CLAIM, BUDGETS (name -> Budget, "cpu" the default; a Budget's `runs` names
+its runs folder), `run_experiment(runner, seeds, budget, overrides)` returning its results dict (with a
+"table" row), and `plot(results, path)`. `run` below adds what every results file carries (command, code
+version, machine, wall time), writes `OUT/results/NAME.json` and `NAME.png` (NAME-BUDGET.* for a budget
+other than the default), and regenerates the table.
 """
 
 from __future__ import annotations
@@ -67,10 +68,12 @@ def run(
         raise ValueError(f"--seeds {seeds}: need at least 1")
     from alexnet.info import environment
 
-    runs_dir = Path(runs_dir) if runs_dir is not None else Path("runs") / "experiments" / name / budget
+    spent = module.BUDGETS[budget]
+    folder = getattr(spent, "runs", budget)  # budgets that share runs name the same folder
+    runs_dir = Path(runs_dir) if runs_dir is not None else Path("runs") / "experiments" / name / folder
     runner = runner or Runner(runs_dir, progress=progress, log=log)
     t0 = time.monotonic()
-    results = module.run_experiment(runner, seeds, module.BUDGETS[budget], (f"run.device={device}", *overrides))
+    results = module.run_experiment(runner, seeds, spent, (f"run.device={device}", *overrides))
     env = environment(device)
     results.update({
         "command": command or f"alexnet experiment {name} --seeds {seeds} --budget {budget}",
@@ -84,9 +87,10 @@ def run(
     })
     results_dir = Path(out) / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
-    module.plot(results, results_dir / f"{name}.png")
-    results["plot"] = f"{name}.png"
+    stem = name if budget == DEFAULT_BUDGET else f"{name}-{budget}"
+    module.plot(results, results_dir / f"{stem}.png")
+    results["plot"] = f"{stem}.png"
     text = json.dumps(results, indent=2) + "\n"
-    atomic_write(results_dir / f"{name}.json", lambda f: f.write(text.encode()))
+    atomic_write(results_dir / f"{stem}.json", lambda f: f.write(text.encode()))
     results["table_path"] = str(write_table(out))
     return results

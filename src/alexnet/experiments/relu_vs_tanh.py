@@ -84,6 +84,8 @@ class Budget:
     test_per_class: the test error at the end of each run (a by-product here) on the first N test images of
         each class (None: all 1,000).
     reduced: whether this is less than the paper's Figure 1 (the whole training set, about 40 epochs).
+    runs: the runs folder's name: budgets that differ only in caps share it, so a longer one continues
+        the shorter one's runs (the rate is constant, so a continued run is the longer run).
     """
 
     name: str
@@ -96,16 +98,19 @@ class Budget:
     test_per_class: int | None
     reduced: bool
     note: str
+    runs: str
 
 
 BUDGETS = {
     "cpu": Budget("cpu", (0.002, 0.001, 0.004), 5, {"relu": 30, "tanh": 40}, 2, "bf16", 1000, 200, True,
                   "sized for about 35 min on a shared 2-core CPU: 10,000 of the 50,000 training images "
-                  "(the first 1,000 of each class), bf16, at most 30 (ReLU) / 40 (tanh) epochs"),
+                  "(the first 1,000 of each class), bf16, at most 30 (ReLU) / 40 (tanh) epochs", "cpu"),
+    "cpu-long": Budget("cpu-long", (0.002, 0.001, 0.004), 5, {"relu": 30, "tanh": 60}, 2, "bf16", 1000, 200,
+                       True, "the cpu budget with tanh runs of up to 60 epochs (continues its runs)", "cpu"),
     "paper": Budget("paper", (0.002, 0.001, 0.004), 6, {"relu": 40, "tanh": 40}, 5, "fp32", None, None, False,
-                    "all 50,000 training images, up to 40 epochs a run (Figure 1's axis), fp32"),
+                    "all 50,000 training images, up to 40 epochs a run (Figure 1's axis), fp32", "paper"),
     "smoke": Budget("smoke", (0.002, 0.001), 2, {"relu": 2, "tanh": 2}, 0, "fp32", None, None, True,
-                    "a few steps, for tests"),
+                    "a few steps, for tests", "smoke"),
 }
 
 
@@ -303,7 +308,6 @@ def table_row(results: dict) -> dict:
         "paper": f"{PAPER_RATIO:g}x fewer epochs to 25 %",
         "ours": "; ".join(parts),
         "setting": setting,
-        "figure": f"{NAME}.png",
     }
 
 
@@ -317,7 +321,7 @@ def plot(results: dict, path: Path) -> None:
 
     from alexnet.fsutil import atomic_write
 
-    fig, (ax, ax_sweep) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1.3, 1]})
+    fig, (ax, ax_sweep) = plt.subplots(1, 2, figsize=(14, 4.8), gridspec_kw={"width_ratios": [1.3, 1]})
     styles = {"relu": ("C0", "-", "ReLU"), "tanh": ("C3", "--", "tanh")}
     top = 0
     for act, (colour, line, label) in styles.items():
@@ -326,15 +330,19 @@ def plot(results: dict, path: Path) -> None:
             epochs = range(1, len(r["train_error"]) + 1)
             top = max(top, len(r["train_error"]))
             stats = results["epochs_to_25"][act]
-            missed = f", {len(stats['not_reached'])} not in {stats['not_reached'][0]['epochs']}" \
-                if stats["not_reached"] else ""
-            name = (f"{label}, lr {stats['lr']:g}: {_fmt(stats)} epochs to 25 % (n = {stats['n']}{missed})"
-                    if i == 0 else None)
+            missed = len(stats["not_reached"])
+            cap = stats["not_reached"][0]["epochs"] if missed else None
+            if not stats["n"]:
+                summary = f"not at 25 % in {cap} epochs ({missed} seeds)"
+            else:
+                summary = f"{_fmt(stats)} epochs to 25 % (n = {stats['n']}" + (
+                    f"; {missed} not in {cap})" if missed else ")")
+            name = f"{label}, lr {stats['lr']:g}: {summary}" if i == 0 else None
             ax.plot(epochs, r["train_error"], line, color=colour, lw=1.6, alpha=0.85, label=name)
             if r["epochs_to_25"] is not None:
                 ax.plot([r["epochs_to_25"]], [TARGET], "o", color=colour, ms=4)
     ax.axhline(TARGET, color="grey", lw=0.8, ls=":")
-    ax.text(top, TARGET + 0.01, "25 %", color="grey", ha="right", va="bottom", fontsize=8)
+    ax.text(0.3, TARGET + 0.01, "25 %", color="grey", ha="left", va="bottom", fontsize=8)
     ratio = results["ratio"]
     if ratio["n"]:
         title = f"tanh / ReLU epochs to 25 %: {_fmt(ratio)}x (paper: {PAPER_RATIO:g}x)"
@@ -344,7 +352,7 @@ def plot(results: dict, path: Path) -> None:
     else:
         title = "ReLU vs tanh"
     ax.set(xlabel="epochs", ylabel="training error rate", ylim=(0, 0.8), xlim=(0, top + 0.5), title=title)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="lower left")
     maps = {"relu": plt.cm.Blues, "tanh": plt.cm.Reds}
     for act, (_, line, label) in styles.items():
         runs = sorted(results["sweep"][act]["runs"], key=lambda r: r["lr"])
@@ -357,11 +365,11 @@ def plot(results: dict, path: Path) -> None:
                           label=f"{label} lr {r['lr']:g}: {reached}" + (" (chosen)" if chosen else ""))
     ax_sweep.axhline(TARGET, color="grey", lw=0.8, ls=":")
     ax_sweep.set(xlabel="epochs", ylabel="training error rate", ylim=(0, 0.8),
-                 title="the learning-rate sweep (seed 0; a loser stops at the best's epochs)")
-    ax_sweep.legend(fontsize=7, loc="upper right", ncol=1)
+                 title="the learning-rate sweep, seed 0")
+    ax_sweep.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     budget = results["budget"]
     fig.suptitle(f"Figure 1 on CIFAR-10, {len(results['seeds'])} seeds, budget {budget['name']}"
                  + (" (reduced)" if budget["reduced"] else ""), fontsize=10)
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)

@@ -6,7 +6,11 @@ after each epoch whether the run has seen enough. `Runner.run` trains it with `a
 epoch per call when it has a rule (`fit(..., until_epoch=k)` resumes exactly from the checkpoint it wrote
 at the end of the previous epoch, with the whole run's schedule), asks the rule, and when the run is over
 writes `RUN/experiment-run.json`, the marker that makes a later call return the stored outcome without
-training. A run killed mid-epoch resumes from its last checkpoint.
+training. A run killed mid-epoch resumes from its last checkpoint. A finished run that a spec asks more of
+(a higher cap, a rule that wants more epochs: a longer budget over the same runs folder) continues from its
+last checkpoint; with a schedule that does not depend on `run.epochs` (a constant rate, steps at fixed
+epochs) that is exactly the run a longer cap would have trained from the start, and a spec that asks less
+of a longer run gets its first epochs.
 
     RUNS/<key>/                        an ordinary run folder (`alexnet.rundir`)
     RUNS/<key>/experiment-run.json     the finished run's outcome (written last, atomically)
@@ -15,6 +19,7 @@ training. A run killed mid-epoch resumes from its last checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -112,8 +117,10 @@ class Runner:
     def run(self, spec: RunSpec) -> RunOutcome:
         """Train `spec` to its end (or return its stored outcome)."""
         stored = self.finished(spec.key)
-        if stored is not None:
+        if stored is not None and stored.status == "diverged":
             return stored
+        if stored is not None and _complete(spec, stored.metrics):
+            return _prefix(spec, stored)
         import torch
 
         from alexnet.errors import NonFiniteLossError
@@ -126,11 +133,10 @@ class Runner:
         run_dir = self.root / spec.key
         wall_path = run_dir / WALL_FILE
         wall = json.loads(wall_path.read_text())["wall_s"] if wall_path.is_file() else 0.0
-        cap = spec.config.run.epochs
         metrics = read_metrics(run_dir)
         status = "finished"
         self.trained_now.append(spec.key)
-        while len(metrics) < cap and not (metrics and spec.done is not None and spec.done(metrics)):
+        while not _complete(spec, metrics):
             # One epoch a call when a rule looks at each epoch, else the whole run; the schedule is always
             # that of the whole run (`run.epochs`), so a linear decay does not change between calls.
             until = len(metrics) + 1 if spec.done is not None else None
@@ -158,6 +164,22 @@ class Runner:
         if self.on_finished is not None:
             self.on_finished(outcome)
         return outcome
+
+
+def _complete(spec: RunSpec, metrics: Metrics) -> bool:
+    """Whether a run with these metrics has what `spec` asks for: its cap, or its rule says enough."""
+    return len(metrics) >= spec.config.run.epochs or bool(metrics and spec.done is not None and spec.done(metrics))
+
+
+def _prefix(spec: RunSpec, outcome: RunOutcome) -> RunOutcome:
+    """The outcome `spec` would have had: the first epochs of a run that a longer spec trained further (the
+    same run, so the same numbers). Its wall time is the stored one pro rata of fit's own elapsed time."""
+    metrics = outcome.metrics
+    k = next(k for k in range(1, len(metrics) + 1) if _complete(spec, metrics[:k]))
+    if k == len(metrics):
+        return outcome
+    share = metrics[k - 1]["wall_time_s"] / metrics[-1]["wall_time_s"] if metrics[-1]["wall_time_s"] else 1.0
+    return dataclasses.replace(outcome, metrics=metrics[:k], wall_s=outcome.wall_s * share)
 
 
 def code_version() -> dict:
