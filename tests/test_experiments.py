@@ -246,7 +246,7 @@ def test_unknown_experiment_and_budget_are_one_line_errors(capsys):
     assert cli_main(["experiment", "nope"]) == 1
     assert "unknown experiment 'nope'; experiments: relu-vs-tanh" in capsys.readouterr().err
     assert cli_main(["experiment", "relu-vs-tanh", "--budget", "huge"]) == 1
-    assert "unknown budget 'huge' for relu-vs-tanh; budgets: cpu, paper, smoke" in capsys.readouterr().err
+    assert "unknown budget 'huge' for relu-vs-tanh; budgets: cpu, cpu-long, paper, smoke" in capsys.readouterr().err
 
 
 @pytest.mark.slow
