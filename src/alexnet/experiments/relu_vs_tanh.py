@@ -20,8 +20,9 @@ see `alexnet.models.small`). Why that file:
   normalisation *within* each map over a 3x3 neighbourhood, not the paper's cross-map LRN, which only the
   ``conv-local-11pct`` file has (``cmrnorm``);
 * the conv-local files (two conv layers, two locally connected layers, fc10: five learned layers) are the
-  13 % / 11 % nets of Section 3.3 (`alexnet.experiments` lrn-cifar), and ``layers-80sec.cfg`` adds an fc64
-  layer (five learned layers).
+  13 % / 11 % nets of Section 3.3 (their names say so; the paper calls that net "four-layer" too, counting
+  its hidden layers, so the count alone does not settle it), and ``layers-80sec.cfg`` adds an fc64 layer
+  (five learned layers).
 
 The tanh net is the same file with tanh (f(x) = tanh(x), cuda-convnet's ``tanh[1,1]``) wherever it has ReLU
 (max pooling commutes with either, so conv1's activation before or after pool1 is the same function).
