@@ -166,6 +166,17 @@ def test_a_longer_spec_continues_a_finished_run_and_a_shorter_one_gets_its_first
     assert again.trained_now == [] and prefix.metrics == short.metrics and 0 < prefix.wall_s < extended.wall_s
 
 
+def test_metrics_file_one_epoch_behind_its_checkpoint_is_caught_up_not_retrained(tmp_path, store):
+    # a kill between the checkpoint's save and the metrics file's write leaves the file an epoch behind
+    spec = RunSpec("run", "relu", tiny_config(store, "run.epochs=1", *SMOKE), rvt._done(0, None))
+    trained = Runner(tmp_path, log=lambda line: None).run(spec)
+    (tmp_path / "run" / OUTCOME_FILE).unlink()
+    (tmp_path / "run" / "metrics.jsonl").write_text("")
+    again = Runner(tmp_path, log=lambda line: None).run(spec)
+    assert again.metrics == trained.metrics and again.wall_s == pytest.approx(trained.wall_s)
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
 # --- the experiment end to end ------------------------------------------------------------------------------
 
 def _run(tmp_path: Path, store: Path, runner: Runner | None = None) -> dict:
@@ -214,9 +225,9 @@ def test_experiment_stopped_after_its_first_run_resumes_without_redoing_it(tmp_p
     assert results["wall_time_s"] == pytest.approx(sum(
         json.loads((tmp_path / "runs" / k / OUTCOME_FILE).read_text())["wall_s"] for k in keys))
 
-    saved = json.loads((tmp_path / "out" / "results" / "relu-vs-tanh.json").read_text())
+    saved = json.loads((tmp_path / "out" / "results" / "relu-vs-tanh-smoke.json").read_text())
     assert saved["ratio"] == results["ratio"] and saved["command"].startswith("alexnet experiment relu-vs-tanh")
-    assert (tmp_path / "out" / "results" / "relu-vs-tanh.png").stat().st_size > 10_000
+    assert (tmp_path / "out" / "results" / "relu-vs-tanh-smoke.png").stat().st_size > 10_000
     table = (tmp_path / "out" / "README.md").read_text()
     assert "| claim | paper |" in table and "reduced" in table and saved["command"] in table
 
@@ -254,7 +265,9 @@ def test_experiment_killed_with_sigkill_continues_where_it_stopped(tmp_path, sto
     cmd = alexnet_cmd("experiment", "relu-vs-tanh", "--seeds", "2", "--budget", "smoke", "--device", "cpu",
                       "--data", str(store), "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
                       "--no-progress", *(a for s in SMOKE for a in ("--set", s)))
-    proc = subprocess.Popen(cmd, env=env_one_thread(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = {**env_one_thread(), "ALEXNET_LRN": "torch"}  # these nets have no LRN: no kernel build to wait for
+    log = (tmp_path / "first.log").open("w")  # a file, not a pipe nobody reads, which could fill and block it
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     markers = []
     while time.monotonic() < deadline and proc.poll() is None:
@@ -267,11 +280,12 @@ def test_experiment_killed_with_sigkill_continues_where_it_stopped(tmp_path, sto
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     finished = {m.parent.name: m.stat().st_mtime_ns for m in markers}
-    out = subprocess.run(cmd, env=env_one_thread(), capture_output=True, text=True, timeout=300)
+    log.close()
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "resuming from" in out.stdout  # the killed run continued from its checkpoint
     for key, stamp in finished.items():
         assert (tmp_path / "runs" / key / OUTCOME_FILE).stat().st_mtime_ns == stamp, key
-    results = json.loads((tmp_path / "out" / "results" / "relu-vs-tanh.json").read_text())
+    results = json.loads((tmp_path / "out" / "results" / "relu-vs-tanh-smoke.json").read_text())
     assert not set(finished) & set(results["trained_in_this_call"]) and len(results["runs"]) == 4
 

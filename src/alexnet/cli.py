@@ -270,7 +270,7 @@ def _experiment(args: argparse.Namespace) -> int:
         f"{args.name}: {row['ours']}",
         f"  paper: {row['paper']}",
         f"  {row['setting']}; {results['wall_time_s'] / 60:.1f} min of training",
-        f"  results {Path(args.out) / 'results' / (args.name + '.json')}, plot {results['plot']} beside it",
+        f"  results {Path(args.out) / 'results' / Path(results['plot']).with_suffix('.json')}, plot beside it",
         f"  table   {results['table_path']}",
     ])
     _print(results, args.json, human)

@@ -133,7 +133,7 @@ class Runner:
         run_dir = self.root / spec.key
         wall_path = run_dir / WALL_FILE
         wall = json.loads(wall_path.read_text())["wall_s"] if wall_path.is_file() else 0.0
-        metrics = read_metrics(run_dir)
+        metrics = _synced_metrics(run_dir)
         status = "finished"
         self.trained_now.append(spec.key)
         while not _complete(spec, metrics):
@@ -156,7 +156,9 @@ class Runner:
                     f"{spec.key} interrupted by signal {summary['signal']}; its checkpoint is saved, run the "
                     "experiment again to continue"
                 )
-            metrics = read_metrics(run_dir)
+            done_before, metrics = len(metrics), _synced_metrics(run_dir)
+            if len(metrics) <= done_before:
+                raise RuntimeError(f"{run_dir}: fit returned without a new epoch (epoch {done_before})")
         outcome = RunOutcome(spec.key, spec.variant, spec.config.run.seed, status, metrics, wall, str(run_dir),
                              spec.info)
         _write_json(run_dir / OUTCOME_FILE, {k: v for k, v in asdict(outcome).items() if k != "metrics"})
@@ -164,6 +166,21 @@ class Runner:
         if self.on_finished is not None:
             self.on_finished(outcome)
         return outcome
+
+
+def _synced_metrics(run_dir: Path) -> Metrics:
+    """The run's whole epochs, from its checkpoint when metrics.jsonl lags it (a kill between the checkpoint's
+    save and the metrics file's write leaves the file one epoch behind; resuming then trains nothing new)."""
+    from alexnet.checkpoint import TrainingState
+    from alexnet.rundir import RunPaths, write_metrics
+
+    metrics, paths = read_metrics(run_dir), RunPaths(Path(run_dir))
+    if paths.latest.is_file():
+        saved = [m for m in TrainingState.load(paths.latest).metrics if not m.get("partial")]
+        if len(saved) > len(metrics):
+            write_metrics(paths.metrics, saved)
+            return saved
+    return metrics
 
 
 def _complete(spec: RunSpec, metrics: Metrics) -> bool:
