@@ -65,3 +65,22 @@ def test_ablations_run_end_to_end_resume_and_table(tmp_path, monkeypatch):
     assert all((tmp_path / "runs" / f"{k}-seed{s}" / "val_hits.npz").is_file() for k in keys for s in (0, 1))
     ablations.plot(results, tmp_path / "ablations.png")
     assert Path(tmp_path / "ablations.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_experiment_command_runs_the_ablations_and_writes_one_table_row_per_variant(tmp_path, capsys):
+    import json
+
+    from alexnet.cli import main
+
+    store = make_store(tmp_path, n_train=4, n_val=2, size=36)
+    argv = ["experiment", "ablations", "--seeds", "1", "--budget", "smoke", "--data", str(store),
+            "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "exp"), "--no-progress", "--json"]
+    for item in TINY:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r["variant"] for r in results["variants"]] == [v.key for v in ablations.VARIANTS]
+    table = (tmp_path / "exp" / "README.md").read_text()
+    assert table.count("| ablation: ") == len(ablations.VARIANTS)
+    assert (tmp_path / "exp" / "results" / "ablations-smoke.json").is_file()

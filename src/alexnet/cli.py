@@ -265,11 +265,10 @@ def _experiment(args: argparse.Namespace) -> int:
     except ExperimentInterrupted as err:
         print(err, file=sys.stderr)
         return 130
-    row = results["table"]
+    rows = results["table"] if isinstance(results["table"], list) else [results["table"]]
     human = "\n".join([
-        f"{args.name}: {row['ours']}",
-        f"  paper: {row['paper']}",
-        f"  {row['setting']}; {results['wall_time_s'] / 60:.1f} min of training",
+        *(f"{row['claim']}: {row['ours']}\n  paper: {row['paper']}" for row in rows),
+        f"  {rows[0]['setting']}; {results['wall_time_s'] / 60:.1f} min of training",
         f"  results {Path(args.out) / 'results' / Path(results['plot']).with_suffix('.json')}, plot beside it",
         f"  table   {results['table_path']}",
     ])
@@ -538,19 +537,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_benchmark)
 
     p = _add(sub, "experiment", "reproduce one of the paper's claims over seeds, or write the table of results",
-             "Runs every variant x seed of experiment NAME (relu-vs-tanh: Figure 1), one run folder each, "
+             "Runs every variant x seed of experiment NAME (relu-vs-tanh: Figure 1; ablations: the paper's "
+             "ablations on Imagenette; time-to-accuracy: minutes to 60 and 70 % top-1; paper-recipe: Section 5's "
+             "recipe against the demo's), one run folder each, "
              "unattended and resumable: run the same command again after a kill and finished runs are kept, the "
              "unfinished one continues from its checkpoint. Writes OUT/results/NAME.json (config, code version, "
              "machine, per-seed numbers, mean and standard deviation, wall time) and NAME.png, then regenerates "
              "OUT/README.md, the table of every results file. NAME table only regenerates the table.",
              "alexnet experiment relu-vs-tanh --seeds 3 --budget cpu && alexnet experiment table")
-    p.add_argument("name", metavar="NAME", help="relu-vs-tanh, or table")
+    p.add_argument("name", metavar="NAME",
+                   help="relu-vs-tanh, ablations, time-to-accuracy, paper-recipe, or table")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every variant")
     p.add_argument("--budget", default="cpu",
-                   help="cpu (sized for a 2-core CPU, reduced), paper (Figure 1's full length), smoke (tests)")
+                   help="cpu (sized for a 2-core CPU, reduced); also, by experiment: cpu-long, gpu, paper (full "
+                        "length), smoke (tests); an unknown name lists the experiment's budgets")
     _add_device(p)
     p.add_argument("--data", default=None, metavar="STORE",
-                   help="train on this prepared store (default: CIFAR-10 from $ALEXNET_DATA, prepared once)")
+                   help="train on this prepared store (default: CIFAR-10, or Imagenette for ablations, "
+                        "time-to-accuracy and paper-recipe, from $ALEXNET_DATA, prepared once)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value of every run (repeatable)")
     p.add_argument("--runs-dir", default=None, help="run folders (default: runs/experiments/NAME/BUDGET)")

@@ -3,9 +3,9 @@
 
 An experiment module has NAME, CLAIM, BUDGETS (name -> Budget, "cpu" the default; a Budget's `runs` names
 its runs folder), `run_experiment(runner, seeds, budget, overrides)` returning its results dict (with a
-"table" row), and `plot(results, path)`. `run` below adds what every results file carries (command, code
-version, machine, wall time), writes `OUT/results/NAME.json` and `NAME.png` (NAME-BUDGET.* for a budget
-other than the default), and regenerates the table.
+"table" row, or a list of rows), and `plot(results, path)`. `run` below adds what every results file
+carries (command, code version, machine, wall time), writes `OUT/results/NAME.json` and `NAME.png`
+(NAME-BUDGET.* for a budget other than the default), and regenerates the table.
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from alexnet.experiments import relu_vs_tanh
+from alexnet.experiments import ablations, paper_recipe, relu_vs_tanh, time_to_accuracy
 from alexnet.experiments.runner import Runner, code_version
 from alexnet.experiments.table import write_table
 from alexnet.fsutil import atomic_write
 
-EXPERIMENTS: dict[str, ModuleType] = {relu_vs_tanh.NAME: relu_vs_tanh}
+EXPERIMENTS: dict[str, ModuleType] = {
+    m.NAME: m for m in (relu_vs_tanh, ablations, time_to_accuracy, paper_recipe)
+}
 DEFAULT_BUDGET = "cpu"
 
 

@@ -30,11 +30,15 @@ def _cell(text: str) -> str:
 
 
 def table_row(results: dict) -> str:
-    row = results["table"]
-    setting = f"{_hardware(results)}; {row['setting']}; {results['wall_time_s'] / 60:.1f} min"
-    figure = f" ([plot](results/{results['plot']}))" if results.get("plot") else ""
-    cells = [row["claim"] + figure, row["paper"], row["ours"], setting, f"`{results['command']}`"]
-    return "| " + " | ".join(_cell(c) for c in cells) + " |\n"
+    """The table's rows for one results file (an experiment gives one row, or a list: one per variant)."""
+    rows = results["table"] if isinstance(results["table"], list) else [results["table"]]
+    text = ""
+    for row in rows:
+        setting = f"{_hardware(results)}; {row['setting']}; {results['wall_time_s'] / 60:.1f} min"
+        figure = f" ([plot](results/{results['plot']}))" if results.get("plot") else ""
+        cells = [row["claim"] + figure, row["paper"], row["ours"], setting, f"`{results['command']}`"]
+        text += "| " + " | ".join(_cell(c) for c in cells) + " |\n"
+    return text
 
 
 def write_table(out: str | os.PathLike = "experiments") -> Path:
