@@ -44,6 +44,13 @@ def _scale(x_ptr, image, c, C, HW, pos, pmask, k, alpha, HALF: tl.constexpr, REL
     return k + alpha * total
 
 @triton.jit
+def _block(C, HW, BLOCK: tl.constexpr):
+    # This program's positions of one image (axis 0: the image, axis 1: the block), their mask, the image's offset.
+    pos = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    return pos, pos < HW, tl.program_id(0).to(tl.int64) * C * HW
+
+
+@triton.jit
 def _pow_neg(s, beta, THREE_QUARTERS: tl.constexpr):
     if THREE_QUARTERS:  # s^-0.75 = s^-0.5 * s^-0.25
         r = 1.0 / tl.sqrt(s)
@@ -53,10 +60,7 @@ def _pow_neg(s, beta, THREE_QUARTERS: tl.constexpr):
 @triton.jit
 def forward(x_ptr, y_ptr, C, HW, k, alpha, beta, HALF: tl.constexpr, RELU: tl.constexpr,
             THREE_QUARTERS: tl.constexpr, BLOCK: tl.constexpr):
-    n = tl.program_id(0)
-    pos = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    pmask = pos < HW
-    image = n.to(tl.int64) * C * HW
+    pos, pmask, image = _block(C, HW, BLOCK)
     for c in range(C):
         s = _scale(x_ptr, image, c, C, HW, pos, pmask, k, alpha, HALF, RELU, BLOCK)
         a = _load(x_ptr, image + c * HW + pos, pmask, RELU)
@@ -66,10 +70,7 @@ def forward(x_ptr, y_ptr, C, HW, k, alpha, beta, HALF: tl.constexpr, RELU: tl.co
 @triton.jit
 def backward_t(x_ptr, g_ptr, t_ptr, C, HW, k, alpha, beta, HALF: tl.constexpr, RELU: tl.constexpr,
                THREE_QUARTERS: tl.constexpr, BLOCK: tl.constexpr):
-    n = tl.program_id(0)
-    pos = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    pmask = pos < HW
-    image = n.to(tl.int64) * C * HW
+    pos, pmask, image = _block(C, HW, BLOCK)
     for c in range(C):
         s = _scale(x_ptr, image, c, C, HW, pos, pmask, k, alpha, HALF, RELU, BLOCK)
         a = _load(x_ptr, image + c * HW + pos, pmask, RELU)
@@ -79,10 +80,7 @@ def backward_t(x_ptr, g_ptr, t_ptr, C, HW, k, alpha, beta, HALF: tl.constexpr, R
 @triton.jit
 def backward(x_ptr, g_ptr, t_ptr, gx_ptr, C, HW, k, alpha, beta, HALF: tl.constexpr, RELU: tl.constexpr,
              THREE_QUARTERS: tl.constexpr, BLOCK: tl.constexpr):
-    n = tl.program_id(0)
-    pos = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    pmask = pos < HW
-    image = n.to(tl.int64) * C * HW
+    pos, pmask, image = _block(C, HW, BLOCK)
     for c in range(C):
         s = _scale(x_ptr, image, c, C, HW, pos, pmask, k, alpha, HALF, RELU, BLOCK)
         window = tl.zeros([BLOCK], dtype=tl.float32)
