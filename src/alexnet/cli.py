@@ -7,6 +7,7 @@ Importing this module does not import torch: each command imports what it runs, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -259,9 +260,11 @@ def _experiment(args: argparse.Namespace) -> int:
         print(line, file=stream, flush=True)
 
     try:
-        results = run(args.name, seeds=args.seeds, budget=args.budget, device=args.device, runs_dir=args.runs_dir,
-                      out=args.out, overrides=tuple(overrides), command=command, progress=not args.no_progress,
-                      log=log)
+        # With --json, stdout holds only the results: the runs' own epoch lines go to stderr.
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            results = run(args.name, seeds=args.seeds, budget=args.budget, device=args.device,
+                          runs_dir=args.runs_dir, out=args.out, overrides=tuple(overrides), command=command,
+                          progress=not args.no_progress, log=log)
     except ExperimentInterrupted as err:
         print(err, file=sys.stderr)
         return 130
