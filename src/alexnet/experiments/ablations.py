@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from alexnet.config import Config, load_config
+from alexnet.experiments.data import ImagenetteBudget, imagenette_overrides
 from alexnet.experiments.runner import Runner, RunOutcome, RunSpec, config_record
 
 NAME = "ablations"
@@ -75,14 +76,7 @@ VARIANTS = (
 )
 
 
-@dataclass(frozen=True)
-class Budget:
-    name: str
-    epochs: float
-    reduced: bool
-    note: str
-    store: str = "imagenette"
-
+Budget = ImagenetteBudget
 
 BUDGETS = {
     "cpu": Budget("cpu", 3, True, "3 epochs a run on Imagenette (the paper: 90 on ImageNet)"),
@@ -142,10 +136,7 @@ def val_hits(outcome: RunOutcome, device: str = "auto") -> tuple[np.ndarray, np.
 def run_experiment(runner: Runner, seeds: int, budget: Budget, overrides: tuple[str, ...] = ()) -> dict:
     """Every variant at every seed (the full network first), then the per-image hits of each."""
     device = next((o.split("=", 1)[1] for o in overrides if o.startswith("run.device=")), "auto")
-    if budget.store == "imagenette" and not any(o.startswith("data.store=") for o in overrides):
-        from alexnet.demo import demo_store  # the demo's Imagenette store, prepared once
-
-        overrides = (f"data.store={demo_store()}", *overrides)
+    overrides = imagenette_overrides(budget, overrides)
     outcomes = {v.key: [runner.run(_spec(v, seed, budget, overrides)) for seed in range(seeds)] for v in VARIANTS}
     hits = {key: [val_hits(o, device) for o in runs] for key, runs in outcomes.items()}
     return summarize(outcomes, hits, budget, seeds, overrides)

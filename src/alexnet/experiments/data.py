@@ -1,18 +1,50 @@
-"""The CIFAR-10 stores the experiments train on, prepared once from $ALEXNET_DATA's cifar10-jpeg archive.
+"""The stores the experiments train on, prepared once from $ALEXNET_DATA: CIFAR-10 (the cifar10-jpeg
+archive) for the small nets, Imagenette (the demo's store) for the paper's network.
 
 `cifar10_store(train_per_class, test_per_class)` is the whole data set (both None) or the first images of
-each class of each split in file-name order (a reduced budget's data).
+each class of each split in file-name order (a reduced budget's data). `ImagenetteBudget` is the budget of
+the experiments on the paper's network, and `imagenette_overrides` points their runs at its store.
 """
 
 from __future__ import annotations
 
 import tarfile
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from alexnet.paths import cache_dir, resolve_source
 
 CIFAR10 = "cifar10-jpeg"
+IMAGENETTE = "imagenette"
+
+
+@dataclass(frozen=True)
+class ImagenetteBudget:
+    """How long the runs of an experiment on the paper's network train.
+
+    epochs: every run's number of epochs (or the most it may train, for an experiment that stops early).
+    reduced: whether this is less than the experiment's full length (the table says so).
+    precision: run.precision of every run (None: the preset's).
+    store: a prepared store (path or name); the default is the demo's Imagenette store.
+    """
+
+    name: str
+    epochs: int
+    reduced: bool
+    note: str
+    precision: str | None = None
+    store: str = IMAGENETTE
+
+
+def imagenette_overrides(budget: ImagenetteBudget, overrides: tuple[str, ...]) -> tuple[str, ...]:
+    """`overrides` with data.store set to the demo's Imagenette store (prepared once), unless they set a
+    store or the budget names another."""
+    if budget.store != IMAGENETTE or any(o.startswith("data.store=") for o in overrides):
+        return overrides
+    from alexnet.demo import demo_store  # imports the training code: only when the store is needed
+
+    return (f"data.store={demo_store()}", *overrides)
 
 
 def _subset_members(archive: tarfile.TarFile, per_class: dict[str, int | None]) -> list[tarfile.TarInfo]:

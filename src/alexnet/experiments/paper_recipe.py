@@ -20,31 +20,24 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from alexnet.config import Config, load_config
-from alexnet.experiments.runner import Metrics, Runner, RunOutcome, RunSpec, config_record
+from alexnet.experiments.data import ImagenetteBudget, imagenette_overrides
+from alexnet.experiments.runner import Metrics, Runner, RunOutcome, RunSpec, config_record, summary_stats
 
 NAME = "paper-recipe"
 CLAIM = "Section 5's recipe as written vs the demo's: how long the loss stays at ln(classes)"
 PLATEAU = 0.02  # within 2 % of ln(classes)
 
 
-@dataclass(frozen=True)
-class Budget:
-    name: str
-    epochs: int
-    precision: str
-    reduced: bool
-    note: str
-    store: str = "imagenette"
-
+Budget = ImagenetteBudget
 
 BUDGETS = {
-    "cpu": Budget("cpu", 3, "bf16", True, "3 epochs a run on Imagenette, bf16"),
-    "gpu": Budget("gpu", 20, "bf16", True, "20 epochs a run on Imagenette, bf16"),
-    "smoke": Budget("smoke", 2, "fp32", True, "tests"),
+    "cpu": Budget("cpu", 3, True, "3 epochs a run on Imagenette, bf16", precision="bf16"),
+    "gpu": Budget("gpu", 20, True, "20 epochs a run on Imagenette, bf16", precision="bf16"),
+    "smoke": Budget("smoke", 2, True, "tests", precision="fp32"),
 }
 
 RECIPES = {
@@ -81,10 +74,7 @@ def plateau_epochs(metrics: Metrics, classes: int) -> int:
 
 
 def run_experiment(runner: Runner, seeds: int, budget: Budget, overrides: tuple[str, ...] = ()) -> dict:
-    if budget.store == "imagenette" and not any(o.startswith("data.store=") for o in overrides):
-        from alexnet.demo import demo_store  # the demo's Imagenette store, prepared once
-
-        overrides = (f"data.store={demo_store()}", *overrides)
+    overrides = imagenette_overrides(budget, overrides)
     outcomes = {recipe: [runner.run(RunSpec(f"{recipe}-seed{seed}", recipe,
                                             base_config(recipe, seed, budget, overrides)))
                          for seed in range(seeds)] for recipe in RECIPES}
@@ -106,8 +96,7 @@ def summarize(outcomes: dict[str, list[RunOutcome]], budget: Budget, seeds: int,
         recipes[recipe] = {
             "plateau_epochs": plateaus,
             "plateau_whole_run": [p == o.epochs for p, o in zip(plateaus, runs, strict=True)],
-            "final_val_top1_accuracy": {"values": last, "mean": statistics.fmean(last) if last else None,
-                                        "std": statistics.stdev(last) if len(last) > 1 else None},
+            "final_val_top1_accuracy": summary_stats(last),
             "runs": [{"seed": o.seed, "train_loss": [m["train_loss"] for m in o.metrics],
                       "val_top1_accuracy": [None if m.get("val_top1_error") is None else 1 - m["val_top1_error"]
                                             for m in o.metrics],

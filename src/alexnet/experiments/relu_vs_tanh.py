@@ -61,7 +61,7 @@ from pathlib import Path
 
 from alexnet.config import Config, load_config
 from alexnet.experiments.data import cifar10_store
-from alexnet.experiments.runner import Metrics, Runner, RunOutcome, RunSpec, config_record
+from alexnet.experiments.runner import Metrics, Runner, RunOutcome, RunSpec, config_record, summary_stats
 
 NAME = "relu-vs-tanh"
 TARGET = 0.25  # training error
@@ -200,15 +200,6 @@ def sweep(runner: Runner, act: str, budget: Budget, overrides: tuple[str, ...]) 
     return min(outcomes, key=_rank).info["lr"], outcomes
 
 
-def _stats(values: list[float]) -> dict:
-    return {
-        "values": values,
-        "n": len(values),
-        "mean": statistics.fmean(values) if values else None,
-        "std": statistics.stdev(values) if len(values) > 1 else None,
-    }
-
-
 def run_experiment(runner: Runner, seeds: int, budget: Budget, overrides: tuple[str, ...] = ()) -> dict:
     """Sweep, then every seed at the chosen rates; returns the results (without environment facts).
     `overrides` apply to every run's config; without a data.store among them the budget's CIFAR-10 store is
@@ -244,7 +235,7 @@ def summarize(chosen: dict, sweeps: dict, finals: dict, budget: Budget, seeds: i
         reached = [epochs_to_target(o.metrics) for o in outcomes]
         per_act[act] = {
             "lr": chosen[act],
-            **_stats([e for e in reached if e is not None]),
+            **summary_stats([e for e in reached if e is not None]),
             "not_reached": [{"seed": o.seed, "epochs": o.epochs} for o, e in zip(outcomes, reached, strict=True)
                             if e is None],
         }
@@ -267,7 +258,7 @@ def summarize(chosen: dict, sweeps: dict, finals: dict, budget: Budget, seeds: i
         "sweep": {act: {"chosen_lr": chosen[act], "runs": [_run_record(o) for o in sweeps[act]]} for act in MODELS},
         "runs": [_run_record(o) for act in MODELS for o in finals[act]],
         "epochs_to_25": per_act,
-        "ratio": {**_stats(ratios), "lower_bounds": lower_bounds},
+        "ratio": {**summary_stats(ratios), "lower_bounds": lower_bounds},
         "wall_time_s": sum(o.wall_s for o in runs.values()),
         "runs_trained": len(runs),
     }

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import statistics
 import subprocess
 import time
 from collections.abc import Callable
@@ -216,6 +217,16 @@ def code_version() -> dict:
     except (OSError, subprocess.SubprocessError):
         pass
     return version
+
+
+def summary_stats(values: list[float]) -> dict:
+    """What a results file keeps of per-seed numbers: the values, n, mean and (n > 1) standard deviation."""
+    return {
+        "values": values,
+        "n": len(values),
+        "mean": statistics.fmean(values) if values else None,
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+    }
 
 
 def config_record(config: Config) -> dict:

@@ -12,25 +12,19 @@ upper bounds at the resolution of one epoch. A target not reached within the hor
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from alexnet.config import Config, load_config
-from alexnet.experiments.runner import Metrics, Runner, RunOutcome, RunSpec, config_record
+from alexnet.experiments.data import ImagenetteBudget, imagenette_overrides
+from alexnet.experiments.runner import Metrics, Runner, RunOutcome, RunSpec, config_record, summary_stats
 
 NAME = "time-to-accuracy"
 CLAIM = "time to 60 % and 70 % Imagenette validation top-1 for the paper's network (a figure to track)"
 TARGETS = (0.60, 0.70)
 
 
-@dataclass(frozen=True)
-class Budget:
-    name: str
-    epochs: int  # the schedule's horizon and the most epochs a run trains
-    reduced: bool
-    note: str
-    store: str = "imagenette"
-
+Budget = ImagenetteBudget  # epochs: the schedule's horizon and the most epochs a run trains
 
 BUDGETS = {
     "cpu": Budget("cpu", 8, True, "a horizon of 8 epochs (about 25 min on 2 cores)"),
@@ -65,18 +59,10 @@ def _done(metrics: Metrics) -> bool:
 
 
 def run_experiment(runner: Runner, seeds: int, budget: Budget, overrides: tuple[str, ...] = ()) -> dict:
-    if budget.store == "imagenette" and not any(o.startswith("data.store=") for o in overrides):
-        from alexnet.demo import demo_store  # the demo's Imagenette store, prepared once
-
-        overrides = (f"data.store={demo_store()}", *overrides)
+    overrides = imagenette_overrides(budget, overrides)
     outcomes = [runner.run(RunSpec(f"seed{seed}", "alexnet", base_config(seed, budget, overrides), _done))
                 for seed in range(seeds)]
     return summarize(outcomes, budget, seeds, overrides)
-
-
-def _stats(values: list[float]) -> dict:
-    return {"values": values, "n": len(values), "mean": statistics.fmean(values) if values else None,
-            "std": statistics.stdev(values) if len(values) > 1 else None}
 
 
 def summarize(outcomes: list[RunOutcome], budget: Budget, seeds: int, overrides: tuple[str, ...]) -> dict:
@@ -84,8 +70,8 @@ def summarize(outcomes: list[RunOutcome], budget: Budget, seeds: int, overrides:
     for target in TARGETS:
         hits = [reached(o.metrics, target) for o in outcomes]
         per_target[f"{round(100 * target)}"] = {
-            "minutes": _stats([h["wall_s"] / 60 for h in hits if h]),
-            "epochs": _stats([h["epoch"] for h in hits if h]),
+            "minutes": summary_stats([h["wall_s"] / 60 for h in hits if h]),
+            "epochs": summary_stats([h["epoch"] for h in hits if h]),
             "not_reached": [{"seed": o.seed, "epochs": o.epochs} for o, h in zip(outcomes, hits, strict=True)
                             if h is None],
         }
