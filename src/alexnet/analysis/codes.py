@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from alexnet.analysis.features import compute_features, pixel_vectors
-from alexnet.analysis.retrieval import PIXEL_SIDE, chance_precision, nearest, precision_at_k
+from alexnet.analysis.retrieval import PIXEL_SIDE, chance_precision, measure, nearest
 from alexnet.analysis.sections import analysis_dir, write_section
 from alexnet.checkpoint import load_weights, save_weights
 from alexnet.data.store import Store
@@ -252,19 +252,15 @@ def evaluate_codes(
         learnt = encode(model, train.vectors), encode(model, val.vectors)
         for name, (db, qs) in (("auto-encoder", learnt),
                                ("random hyperplanes", random_hyperplane_codes(train.vectors, val.vectors, b))):
-            start = time.perf_counter()
-            _, idx = hamming_nearest(db, qs, k)
-            rows.append(_row(f"{b}-bit {name} (Hamming)", b, db.shape[1], train.labels[idx], val.labels,
-                             time.perf_counter() - start, k, name))
-    start = time.perf_counter()
-    _, idx = nearest(train.vectors, val.vectors, k, progress=progress)
-    rows.append(_row("fc7 float16 (Euclidean)", None, train.vectors.shape[1] * 2, train.labels[idx], val.labels,
-                     time.perf_counter() - start, k))
+            rows.append(measure({"search": f"{b}-bit {name} (Hamming)", "method": name, "bits": b},
+                                lambda db=db, qs=qs: hamming_nearest(db, qs, k)[1], train.labels, val.labels, k,
+                                db.shape[1]))
+    rows.append(measure({"search": "fc7 float16 (Euclidean)", "method": None, "bits": None},
+                        lambda: nearest(train.vectors, val.vectors, k, progress=progress)[1], train.labels,
+                        val.labels, k, train.vectors.shape[1] * 2))
     pix_train, pix_val = (pixel_vectors(st, s, PIXEL_SIDE, progress) for s in (st.train_split, st.eval_split))
-    start = time.perf_counter()
-    _, idx = nearest(pix_train, pix_val, k)
-    rows.append(_row(f"pixels {PIXEL_SIDE}x{PIXEL_SIDE} (Euclidean)", None, pix_train.shape[1],
-                     train.labels[idx], val.labels, time.perf_counter() - start, k))
+    rows.append(measure({"search": f"pixels {PIXEL_SIDE}x{PIXEL_SIDE} (Euclidean)", "method": None, "bits": None},
+                        lambda: nearest(pix_train, pix_val, k)[1], train.labels, val.labels, k, pix_train.shape[1]))
     png = folder / "codes.png"
     chance = chance_precision(train.labels, val.labels)
     _plot(rows, k, chance, png)
@@ -283,13 +279,6 @@ def evaluate_codes(
                                    for r in rows]},
         **result)
     return result
-
-
-def _row(name: str, bits: int | None, nbytes: int, found: np.ndarray, labels: np.ndarray, seconds: float,
-         k: int, method: str | None = None) -> dict:
-    return {"search": name, "method": method, "bits": bits, "bytes_per_image": int(nbytes),
-            "precision_at_1": precision_at_k(found[:, :1], labels),
-            f"precision_at_{k}": precision_at_k(found, labels), "queries_per_s": len(labels) / max(seconds, 1e-9)}
 
 
 def _plot(rows: list[dict], k: int, chance: float, out: Path) -> None:

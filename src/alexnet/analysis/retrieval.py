@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -190,11 +191,17 @@ def evaluate_retrieval(
                              progress=progress)
     val = compute_features(checkpoint, st.root, st.eval_split, precision=precision, device=device,
                            progress=progress)
-    rows = [_measure("fc7", train.vectors, train.labels, val.vectors, val.labels, k, 2, progress)]
     pixels_train = pixel_vectors(st, st.train_split, PIXEL_SIDE, progress)
     pixels_val = pixel_vectors(st, st.eval_split, PIXEL_SIDE, progress)
-    rows.append(_measure(f"pixels {PIXEL_SIDE}x{PIXEL_SIDE}", pixels_train, train.labels, pixels_val, val.labels,
-                         k, 1, progress))
+    rows = [
+        measure({"representation": name, "dimensions": int(index.shape[1])},
+                lambda index=index, queries=queries: nearest(index, queries, k, progress=progress)[1],
+                train.labels, val.labels, k, int(index.shape[1]) * value_bytes)
+        for name, index, queries, value_bytes in (
+            ("fc7", train.vectors, val.vectors, 2),
+            (f"pixels {PIXEL_SIDE}x{PIXEL_SIDE}", pixels_train, pixels_val, 1),
+        )
+    ]
     chance = chance_precision(train.labels, val.labels)
     result = {"checkpoint": str(checkpoint), "store": str(st.root), "train_images": len(train.labels),
               "queries": len(val.labels), "k": k, "chance_precision": chance, "rows": rows}
@@ -207,17 +214,18 @@ def evaluate_retrieval(
     return result
 
 
-def _measure(name: str, index, index_labels, queries, query_labels, k: int, bytes_per_value: int,
-             progress: bool) -> dict:
+def measure(identity: dict, search: Callable[[], np.ndarray], index_labels: np.ndarray, query_labels: np.ndarray,
+            k: int, bytes_per_image: int) -> dict:
+    """Time `search()` (the (Q, k) indices it retrieves for the queries) and score it: `identity` with
+    bytes_per_image, precision_at_1, precision_at_K and queries_per_s."""
     start = time.perf_counter()
-    _, idx = nearest(index, queries, k, progress=progress)
+    idx = search()
     seconds = time.perf_counter() - start
     found = index_labels[idx]
-    return {"representation": name, "dimensions": int(index.shape[1]),
-            "bytes_per_image": int(index.shape[1]) * bytes_per_value,
+    return {**identity, "bytes_per_image": int(bytes_per_image),
             "precision_at_1": precision_at_k(found[:, :1], query_labels),
             f"precision_at_{k}": precision_at_k(found, query_labels),
-            "queries_per_s": len(query_labels) / seconds}
+            "queries_per_s": len(query_labels) / max(seconds, 1e-9)}
 
 
 def _table(rows: list[dict], k: int) -> dict:
