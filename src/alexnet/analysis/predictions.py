@@ -14,19 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alexnet.analysis.sections import analysis_dir, spread_over_classes, write_section
+from alexnet.analysis.sections import analysis_dir, spread_over_classes, true_classes, write_section
 from alexnet.data.decode import load_images
 from alexnet.data.store import Store
 from alexnet.evaluate import ensemble_probs, top_classes
 from alexnet.fsutil import atomic_write
 from alexnet.models.build import Trained, load_trained
 from alexnet.paths import resolve_store
-
-
-def true_classes(images: list[str | os.PathLike], classes: list[str]) -> list[int | None]:
-    """The class index of each image whose folder is named after one of `classes`, else None."""
-    lookup = {c: i for i, c in enumerate(classes)}
-    return [lookup.get(Path(p).parent.name) for p in images]
 
 
 def draw_predictions(
@@ -106,14 +100,15 @@ def store_predictions(
     st = Store.open(resolve_store(str(store)))
     split = st.eval_split
     trained = load_trained(checkpoint)
-    indices = spread_over_classes(st.labels(split), count, seed)
-    pixels = torch.from_numpy(np.stack([np.asarray(st.images(split)[i]) for i in indices]))
+    labels = st.labels(split)
+    indices = spread_over_classes(labels, count, seed)
+    pixels = torch.from_numpy(st.images(split)[np.array(indices)])
     probs, _ = ensemble_probs([trained], [(pixels, torch.zeros(len(indices), dtype=torch.int64))],
                               torch.device("cpu"))
     files = st.files(split)
     results = [{"image": f"{split}[{i}] {files[i]}", "predictions": top_classes(p, trained, top)}
                for i, p in zip(indices, probs, strict=True)]
-    truth = [int(st.labels(split)[i]) for i in indices]
+    truth = [int(labels[i]) for i in indices]
     if list(st.classes) != trained.classes:
         truth = [trained.classes.index(st.classes[t]) if st.classes[t] in trained.classes else None for t in truth]
     out = Path(out) if out is not None else analysis_dir(checkpoint) / "predictions.png"

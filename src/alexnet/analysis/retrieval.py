@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from alexnet.analysis.features import compute_features, fc7, pixel_vectors
-from alexnet.analysis.sections import analysis_dir, spread_over_classes, write_section
+from alexnet.analysis.sections import analysis_dir, spread_over_classes, true_classes, write_section
 from alexnet.data.decode import load_images
 from alexnet.data.store import Store
 from alexnet.distributed import resolve_device
@@ -88,15 +88,9 @@ def _query_images(trained: Trained, st: Store, queries: list[str]) -> tuple[torc
             info.append({"query": f"{split}[{i}]", "file": files[i], "label": int(labels[i])})
         else:
             out.append(load_images([q], st.size)[0])
-            label = _label_of_file(q, list(st.classes))
+            label = true_classes([q], list(st.classes))[0]
             info.append({"query": q, "file": q, "label": label})
     return torch.stack(out), info
-
-
-def _label_of_file(path: str, classes: list[str]) -> int | None:
-    """The class of an image file whose folder is named after one of the classes, else None."""
-    parent = Path(path).parent.name
-    return classes.index(parent) if parent in classes else None
 
 
 def default_queries(st: Store, count: int = 5, seed: int = 0) -> list[str]:

@@ -10,7 +10,8 @@ imported ``.safetensors``). The JSON is an object with
 * ``image`` (optional): a PNG's file name in the same folder;
 * ``table`` (optional): ``{"columns": [...], "rows": [[...], ...]}``;
 
-and any other keys (the full numbers), which the report ignores.
+and any other keys (the full numbers), which the report ignores. Beside that, what more than one analysis
+needs of a data set: images spread over its classes, and the class an image file's folder names.
 """
 
 from __future__ import annotations
@@ -69,3 +70,10 @@ def spread_over_classes(labels: np.ndarray, count: int, seed: int = 0) -> list[i
         if len(pool):
             chosen.append(int(rng.choice(pool)))
     return chosen
+
+
+def true_classes(images: list[str | os.PathLike], classes: list[str]) -> list[int | None]:
+    """The class index of each image file whose folder is named after one of `classes` (a data set's
+    ``val/n01440764/x.JPEG``), else None."""
+    lookup = {c: i for i, c in enumerate(classes)}
+    return [lookup.get(Path(p).parent.name) for p in images]
