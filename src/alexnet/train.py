@@ -154,7 +154,7 @@ def _fit(config: Config, paths: RunPaths, resume: bool, pretrained, progress: bo
             if control.status == "interrupted":
                 break
             counts = None
-            if _validation_due(config.run, pos.epoch, control.stopping or pos.epoch + 1 >= last):
+            if _validation_due(config.run, pos.epoch, control.stopping, last):
                 counts = evaluate(eval_model, run.eval_batches, run.augmenter.center, store.num_classes,
                                   autocast=autocast, channels_last=config.run.channels_last,
                                   progress=progress and info.is_main, total=len(run.eval_batches))
@@ -168,11 +168,11 @@ def _fit(config: Config, paths: RunPaths, resume: bool, pretrained, progress: bo
     return _summary(control, pos, paths)
 
 
-def _validation_due(run: RunConfig, epoch: int, stopping: bool) -> bool:
+def _validation_due(run: RunConfig, epoch: int, stopping: bool, last: float) -> bool:
     """Validate after epoch `epoch` (0-based, just trained): every run.eval_every_epochs, and always at the
-    end of the run or of the call (`stopping`; 0: only then)."""
+    end of the run or of the call (a stop, or epoch `last`, run.epochs or until_epoch; 0: only then)."""
     every = run.eval_every_epochs
-    return stopping or epoch + 1 >= run.epochs or bool(every and (epoch + 1) % every == 0)
+    return stopping or epoch + 1 >= last or bool(every and (epoch + 1) % every == 0)
 
 
 def _planned_epochs(run: Run, pos: Position) -> float:
