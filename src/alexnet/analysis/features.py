@@ -13,6 +13,7 @@ written after that. A killed extraction therefore leaves no file that looks comp
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -49,8 +50,16 @@ class Features:
     reused: bool = False
 
 
-def file_digest(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """SHA-256 of a file's bytes (a checkpoint is identified by what it holds, not by its name)."""
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (a checkpoint is identified by what it holds, not by its name). A command
+    that needs the features of two splits hashes the checkpoint once: the digest is kept while the file's
+    size and modification time stay the same."""
+    st = os.stat(path)
+    return _digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _digest(path: str, size: int, mtime_ns: int, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
