@@ -540,7 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_benchmark)
 
     p = _add(sub, "experiment", "reproduce one of the paper's claims over seeds, or write the table of results",
-             "Runs every variant x seed of experiment NAME (relu-vs-tanh: Figure 1; ablations: the paper's "
+             "Runs every variant x seed of experiment NAME (relu-vs-tanh: Figure 1; lrn-cifar: Section 3.3's "
+             "13 % / 11 % CIFAR-10 net with and without LRN; ablations: the paper's "
              "ablations on Imagenette; time-to-accuracy: minutes to 60 and 70 % top-1; paper-recipe: Section 5's "
              "recipe against the demo's), one run folder each, "
              "unattended and resumable: run the same command again after a kill and finished runs are kept, the "
@@ -549,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
              "OUT/README.md, the table of every results file. NAME table only regenerates the table.",
              "alexnet experiment relu-vs-tanh --seeds 3 --budget cpu && alexnet experiment table")
     p.add_argument("name", metavar="NAME",
-                   help="relu-vs-tanh, ablations, time-to-accuracy, paper-recipe, or table")
+                   help="relu-vs-tanh, lrn-cifar, ablations, time-to-accuracy, paper-recipe, or table")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every variant")
     p.add_argument("--budget", default="cpu",
                    help="cpu (sized for a 2-core CPU, reduced); also, by experiment: cpu-long, gpu, paper (full "

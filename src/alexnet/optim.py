@@ -58,8 +58,17 @@ def build_optimizer(params: Iterable, kind: str, lr: float, momentum: float, wei
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every group at `lr`, times the group's ``lr_scale`` where it has one (a model's own groups)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list:
+    """What the optimiser trains: the model's own groups when it defines ``optimizer_groups(weight_decay)``
+    (per-layer weight decay, a bias learning-rate factor), else every parameter at `weight_decay`."""
+    if hasattr(model, "optimizer_groups"):
+        return model.optimizer_groups(weight_decay)
+    return list(model.parameters())
 
 
 class Schedule:

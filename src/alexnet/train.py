@@ -45,7 +45,7 @@ from alexnet.fsutil import atomic_write, remove_temporaries
 from alexnet.info import environment
 from alexnet.model_parallel import place_model, single_state_dict
 from alexnet.models.build import build_model, finetune_config, load_pretrained
-from alexnet.optim import LinearSchedule, Schedule, build_optimizer, build_schedule
+from alexnet.optim import LinearSchedule, Schedule, build_optimizer, build_schedule, parameter_groups
 from alexnet.paths import resolve_store
 from alexnet.rundir import RunLogger, RunPaths
 from alexnet.seeding import batch_generator, rng_state, set_rng_state
@@ -273,7 +273,7 @@ def _build(config: Config, info: DistInfo, store: Store, state: TrainingState | 
                   f"fresh for {config.model.num_classes} classes", flush=True)
     model, raw = place_model(model, config.run, info)
     o = config.optim
-    optimizer = build_optimizer(raw.parameters(), o.kind, o.lr, o.momentum, o.weight_decay)
+    optimizer = build_optimizer(parameter_groups(raw, o.weight_decay), o.kind, o.lr, o.momentum, o.weight_decay)
     steps = len(train_batches)
     planned = state.plan["total_steps"] if state is not None and state.plan else 0
     schedule = build_schedule(config.schedule, o.lr, steps, planned or config.run.epochs * steps)

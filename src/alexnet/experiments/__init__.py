@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from alexnet.experiments import ablations, paper_recipe, relu_vs_tanh, time_to_accuracy
+from alexnet.experiments import ablations, lrn_cifar, paper_recipe, relu_vs_tanh, time_to_accuracy
 from alexnet.experiments.runner import Runner, code_version
 from alexnet.experiments.table import write_table
 from alexnet.fsutil import atomic_write
 
 EXPERIMENTS: dict[str, ModuleType] = {
-    m.NAME: m for m in (relu_vs_tanh, ablations, time_to_accuracy, paper_recipe)
+    m.NAME: m for m in (relu_vs_tanh, lrn_cifar, ablations, time_to_accuracy, paper_recipe)
 }
 DEFAULT_BUDGET = "cpu"
 

@@ -36,13 +36,11 @@ import numpy as np
 
 from alexnet.config import Config, load_config
 from alexnet.experiments.data import ImagenetteBudget, imagenette_overrides
-from alexnet.experiments.runner import Runner, RunOutcome, RunSpec, config_record
+from alexnet.experiments.runner import Runner, RunOutcome, RunSpec, config_record, t975
 
 NAME = "ablations"
 CLAIM = "the paper's ablations: each variant's top-1 / top-5 error minus the full network's"
 BOOTSTRAP = 2000
-# Student's t, 97.5 % quantile, by degrees of freedom (n - 1 seeds); beyond the table the normal's 1.96.
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 @dataclass(frozen=True)
@@ -145,7 +143,7 @@ def run_experiment(runner: Runner, seeds: int, budget: Budget, overrides: tuple[
 def _interval_over_seeds(diffs: list[float]) -> list[float] | None:
     if len(diffs) < 2:
         return None
-    t = _T975.get(len(diffs) - 1, 1.96)
+    t = t975(len(diffs) - 1)
     half = t * statistics.stdev(diffs) / len(diffs) ** 0.5
     mean = statistics.fmean(diffs)
     return [mean - half, mean + half]

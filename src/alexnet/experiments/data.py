@@ -61,21 +61,44 @@ def _subset_members(archive: tarfile.TarFile, per_class: dict[str, int | None]) 
     return kept
 
 
-def cifar10_store(train_per_class: int | None = None, test_per_class: int | None = None, log=print) -> Path:
-    """The prepared 32x32 CIFAR-10 store under $ALEXNET_CACHE/stores (prepared here the first time)."""
+def cifar10_store(train_per_class: int | None = None, test_per_class: int | None = None, log=print,
+                  held_out_per_class: int = 0) -> Path:
+    """The prepared 32x32 CIFAR-10 store under $ALEXNET_CACHE/stores (prepared here the first time).
+
+    train_per_class / test_per_class: the first N images of each class of the split (None: all).
+    held_out_per_class: the last N of each class's training images (of those kept) become a "val" split,
+        the held-out training batch that cuda-convnet's methodology chooses epochs on; the mean image and
+        the PCA then come from the rest.
+    """
     from alexnet.data.prepare import prepare_store
 
     limits = {"train": train_per_class, "test": test_per_class}
     name = "cifar10" + "".join(f"-{split}{n}" for split, n in limits.items() if n is not None)
+    name += f"-heldout{held_out_per_class}" if held_out_per_class else ""
     store = cache_dir() / "stores" / name
     if (store / "meta.json").is_file():
         return store
     source = resolve_source(CIFAR10)
     log(f"preparing {source} into {store} (once) ...")
-    if train_per_class is None and test_per_class is None:
+    if train_per_class is None and test_per_class is None and not held_out_per_class:
         prepare_store(source, store, size=32, progress=False)
         return store
     with tempfile.TemporaryDirectory() as tmp, tarfile.open(source) as archive:
         archive.extractall(tmp, members=_subset_members(archive, limits), filter="data")
-        prepare_store(Path(tmp) / "cifar10", store, size=32, progress=False)
+        root = Path(tmp) / "cifar10"
+        if held_out_per_class:
+            _hold_out(root, held_out_per_class)
+        prepare_store(root, store, size=32, progress=False)
     return store
+
+
+def _hold_out(root: Path, per_class: int) -> None:
+    """Move the last `per_class` training images of each class (file-name order) to root/val/<class>/."""
+    for folder in sorted((root / "train").iterdir()):
+        files = sorted(folder.iterdir())
+        if len(files) <= per_class:
+            raise ValueError(f"{folder}: {len(files)} training images, cannot hold out {per_class}")
+        target = root / "val" / folder.name
+        target.mkdir(parents=True)
+        for f in files[-per_class:]:
+            f.rename(target / f.name)

@@ -229,6 +229,15 @@ def summary_stats(values: list[float]) -> dict:
     }
 
 
+# Student's t, 97.5 % quantile, by whole degrees of freedom; beyond the table the normal's 1.96.
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def t975(df: float) -> float:
+    """Student's t 97.5 % quantile for `df` degrees of freedom, rounded down (the wider interval)."""
+    return _T975.get(max(1, int(df)), 1.96)
+
+
 def config_record(config: Config) -> dict:
     """A config as results files store it (nested dicts)."""
     return config_to_dict(config)

@@ -16,7 +16,7 @@ from torch import nn
 from alexnet.models.alexnet import AlexNet, AlexNetConfig, ConvSpec, paper_convs
 from alexnet.models.lrn import LRNParams
 from alexnet.models.owt import AlexNetOWT
-from alexnet.models.small import CUDA_CONVNET_19PCT_INIT, CifarNet
+from alexnet.models.small import CUDA_CONVNET_19PCT_INIT, CifarNet, ConvLocalNet
 
 
 def _halve_towers(input_size: int) -> tuple[ConvSpec, ...]:
@@ -78,7 +78,13 @@ _OTHER: dict[str, tuple[str, Callable[..., nn.Module]]] = {
                         lambda **kw: CifarNet(**{**_FIG1, **kw})),
     "cifar_fig1_tanh": ("Figure 1's net as cuda-convnet's layers-19pct.cfg with tanh",
                         lambda **kw: CifarNet(**{**_FIG1, "activation": "tanh", **kw})),
+    "cifar_convlocal_lrn": ("Section 3.3's CIFAR-10 net with LRN: cuda-convnet's layers-conv-local-11pct.cfg "
+                            "(2 conv, 2 locally connected, fc10; cross-map LRN; 24x24 crops)",
+                            lambda **kw: ConvLocalNet(**{"lrn": True, **kw})),
+    "cifar_convlocal": ("the same conv-local net without its two LRN layers (Section 3.3's 'without')",
+                        lambda **kw: ConvLocalNet(**{"lrn": False, **kw})),
 }
+_INPUT_SIZES = {"cifar_convlocal_lrn": 24, "cifar_convlocal": 24}  # CIFAR nets not listed take 32
 
 _ALEXNET_FIELDS = {f.name for f in dataclasses.fields(AlexNetConfig)} - {"num_classes", "convs"}
 
@@ -110,14 +116,18 @@ def create_model(name: str, num_classes: int = 1000, **overrides) -> nn.Module:
         num_classes: size of the last layer.
         **overrides: for the paper family, AlexNetConfig fields (input_size, init, dropout, activation, lrn,
             ...); for alexnet_owt, ``dropout`` (and ``input_size``, ignored: its adaptive pooling takes any);
-            for the CIFAR nets, ``activation``, ``lrn``, ``dropout`` (``input_size`` must be 32).
+            for the CIFAR nets, ``activation``, ``lrn``, ``dropout`` (``input_size`` must be 32, 24 for
+            the conv-local nets).
     """
     _check(name)
     if name in _PAPER_VARIANTS:
         return AlexNet(model_config(name, num_classes, **overrides))
     input_size = overrides.pop("input_size", None)
-    if name.startswith("cifar") and input_size not in (None, 32):
-        raise ValueError(f"{name} takes 32x32 images, not input_size={input_size}")
+    size = _INPUT_SIZES.get(name, 32)
+    if name.startswith("cifar") and input_size not in (None, size):
+        raise ValueError(f"{name} takes {size}x{size} images, not input_size={input_size}")
+    if name in _INPUT_SIZES:
+        overrides["input_size"] = size
     try:
         return _OTHER[name][1](num_classes=num_classes, **overrides)
     except TypeError as err:
