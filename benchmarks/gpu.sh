@@ -49,11 +49,13 @@ cp /tmp/alexnet-runs/cifar10-gpu/metrics.jsonl "$out/metrics.jsonl" 2>/dev/null
 
 # The experiments (after every check above): as much as fits, each under a time limit; the runs resume, so a
 # later call continues them. The store sits on the device (data.in_memory) and is augmented there.
-echo "== experiments on the GPU: relu-vs-tanh (Figure 1, full length), then the ablations (30 epochs, 1 seed)"
+echo "== experiments on the GPU: relu-vs-tanh (Figure 1, full length), the ablations (30 epochs, 1 seed), lrn-cifar (reduced)"
 exp_out="$out/experiments"
 mkdir -p "$exp_out"
 timeout "${RELU_TANH_S:-150}" $py -m alexnet experiment relu-vs-tanh --seeds 3 --budget paper --device cuda \
   --runs-dir /tmp/alexnet-runs/relu-vs-tanh --out "$exp_out" --no-progress 2>&1 | tail -n 5
 timeout "${ABLATIONS_S:-240}" $py -m alexnet experiment ablations --seeds 1 --budget gpu --device cuda \
   --runs-dir /tmp/alexnet-runs/ablations --out "$exp_out" --no-progress 2>&1 | tail -n 12
+timeout "${LRN_CIFAR_S:-120}" $py -m alexnet experiment lrn-cifar --seeds 3 --budget gpu --device cuda \
+  --runs-dir /tmp/alexnet-runs/lrn-cifar --out "$exp_out" --no-progress 2>&1 | tail -n 5
 ls "$exp_out/results" 2>/dev/null
