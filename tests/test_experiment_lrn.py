@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -156,3 +157,52 @@ def test_lrn_cifar_end_to_end_killed_and_resumed(tmp_path):
     assert again.trained_now == []
     lrn_cifar.plot(results, tmp_path / "lrn.png")
     assert Path(tmp_path / "lrn.png").stat().st_size > 10_000
+
+
+def _cmrnorm_reference(x: torch.Tensor, size: int, scale: float, power: float) -> torch.Tensor:
+    """cuda-convnet's cross-map normalisation written from its kernel: for map f the window is maps
+    f - size // 2 .. f - size // 2 + size - 1 clipped to the existing maps, and the output is
+    x * (1 + scale / size * sum of squares over the window) ^ -power (the parser divides scale by size)."""
+    c = x.shape[1]
+    out = torch.empty_like(x)
+    for f in range(c):
+        lo, hi = max(0, f - size // 2), min(c, f - size // 2 + size)
+        out[:, f] = x[:, f] * (1 + scale / size * (x[:, lo:hi] ** 2).sum(1)) ** -power
+    return out
+
+
+def test_the_nets_lrn_is_cuda_convnets_cmrnorm():
+    norm = next(m for m in create_model("cifar_convlocal_lrn", 10).modules() if isinstance(m, LocalResponseNorm))
+    x = 30 * torch.randn(2, 64, 5, 5, dtype=torch.float64).clamp_min(0)  # post-ReLU maps, a large enough scale
+    ref = _cmrnorm_reference(x, 9, 0.001, 0.75)
+    assert (ref - x).abs().max() > 0.1  # the normalisation does something at this scale
+    torch.testing.assert_close(norm(x), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_t975_rounds_down_to_the_wider_interval():
+    from alexnet.experiments.runner import t975
+
+    assert t975(1) == 12.706 and t975(2.9) == 4.303 and t975(10) == 2.228
+    assert t975(11) == 2.228 and t975(25) == 2.086 and t975(1000) == 1.96
+    assert all(t975(d) >= t975(d + 1) for d in range(1, 130))
+
+
+@pytest.mark.slow
+def test_cifar10_store_holds_out_the_last_training_images_of_each_class(tmp_path, monkeypatch):
+    import os
+
+    from alexnet.data.store import Store
+    from alexnet.experiments.data import cifar10_store
+
+    data = Path(os.environ.get("ALEXNET_DATA", "../shared/data"))
+    if not (data / "cifar10-jpeg.tar.gz").is_file():
+        pytest.skip(f"{data}/cifar10-jpeg.tar.gz not present")
+    monkeypatch.setenv("ALEXNET_DATA", str(data.resolve()))
+    monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path))
+    path = cifar10_store(4, 2, log=lambda *_: None, held_out_per_class=1)
+    st = Store.open(path)
+    assert st.splits == ["train", "val", "test"]
+    assert [len(st.labels(s)) for s in st.splits] == [30, 10, 20]
+    assert sorted(np.unique(st.labels("val"))) == list(range(10))
+    assert not path.with_name(path.name + ".source").exists()  # the extracted subset is gone
+    assert cifar10_store(4, 2, log=lambda *_: None, held_out_per_class=1) == path  # prepared once

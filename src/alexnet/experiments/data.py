@@ -8,8 +8,8 @@ the experiments on the paper's network, and `imagenette_overrides` points their 
 
 from __future__ import annotations
 
+import shutil
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,12 +83,17 @@ def cifar10_store(train_per_class: int | None = None, test_per_class: int | None
     if train_per_class is None and test_per_class is None and not held_out_per_class:
         prepare_store(source, store, size=32, progress=False)
         return store
-    with tempfile.TemporaryDirectory() as tmp, tarfile.open(source) as archive:
-        archive.extractall(tmp, members=_subset_members(archive, limits), filter="data")
-        root = Path(tmp) / "cifar10"
-        if held_out_per_class:
-            _hold_out(root, held_out_per_class)
-        prepare_store(root, store, size=32, progress=False)
+    # The extracted subset sits at a fixed path beside the store, so an interrupted prepare resumes (the
+    # store records its source's path); it is removed once the store is complete.
+    extracted = store.with_name(store.name + ".source")
+    shutil.rmtree(extracted, ignore_errors=True)
+    with tarfile.open(source) as archive:
+        archive.extractall(extracted, members=_subset_members(archive, limits), filter="data")
+    root = extracted / "cifar10"
+    if held_out_per_class:
+        _hold_out(root, held_out_per_class)
+    prepare_store(root, store, size=32, progress=False)
+    shutil.rmtree(extracted, ignore_errors=True)
     return store
 
 

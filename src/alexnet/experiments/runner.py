@@ -229,13 +229,18 @@ def summary_stats(values: list[float]) -> dict:
     }
 
 
-# Student's t, 97.5 % quantile, by whole degrees of freedom; beyond the table the normal's 1.96.
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+# Student's t, 97.5 % quantile, by whole degrees of freedom; past the table's end the normal's 1.96.
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042, 60: 2.000, 120: 1.980}
 
 
 def t975(df: float) -> float:
-    """Student's t 97.5 % quantile for `df` degrees of freedom, rounded down (the wider interval)."""
-    return _T975.get(max(1, int(df)), 1.96)
+    """Student's t 97.5 % quantile for `df` degrees of freedom, at the table's nearest df at or below it
+    (the wider interval); 1.96 beyond 120."""
+    df = max(1, int(df))
+    if df > max(_T975):
+        return 1.96
+    return _T975[max(k for k in _T975 if k <= df)]
 
 
 def config_record(config: Config) -> dict:
