@@ -33,8 +33,8 @@ checkpoint; the centre-crop error is kept beside it.
 
 **Budgets.** ``paper``: 350 + 10 + 10 epochs (the file's phases without the fold-in), fp32. ``gpu``: 50 + 5 +
 5. ``cpu`` (the default, **reduced**): 5 + 1 + 1 epochs, bf16 autocast, sized for a 2-core CPU (6 runs in
-about 45 minutes); its nets are
-far from converged, so its errors are not the paper's 13 / 11 %: the difference is the claim being checked.
+about 45 minutes); its nets are far from converged, so its errors are not the paper's 13 / 11 %: the
+difference is the claim being checked.
 ``smoke``: tests.
 
 **The measure.** Per variant the mean and standard deviation of the test error over seeds; the difference
