@@ -163,12 +163,23 @@ def test_dropout_is_on_fc6_and_fc7_only():
     assert create_model("alexnet_nodropout").drop6.p == 0.0
 
 
+def test_a_variants_defining_change_wins_over_the_configs_default():
+    """build_model passes model.dropout (0.5 unless set): alexnet_nodropout must still have no dropout."""
+    from alexnet.config import ModelConfig
+    from alexnet.models.build import build_model
+
+    model = build_model(ModelConfig(name="alexnet_nodropout", num_classes=10, dropout=0.5))
+    assert model.drop6.p == 0.0 and model.drop7.p == 0.0
+    assert build_model(ModelConfig(name="alexnet", num_classes=10, dropout=0.3)).drop6.p == 0.3
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_every_variant_forward_backward(name):
     torch.manual_seed(0)
     small = name.startswith("cifar")
     model = create_model(name, num_classes=10)
-    x = torch.randn(2, 3, 32 if small else 224, 32 if small else 224)
+    side = 24 if "convlocal" in name else 32 if small else 224  # the conv-local nets take 24x24 crops
+    x = torch.randn(2, 3, side, side)
     loss = torch.nn.functional.cross_entropy(model(x), torch.tensor([1, 2]))
     loss.backward()
     assert torch.isfinite(loss)

@@ -105,7 +105,9 @@ def model_config(name: str, num_classes: int = 1000, **overrides) -> AlexNetConf
         raise ValueError(f"unknown override(s) {sorted(unknown)} for {name}; valid: {valid}")
     input_size = overrides.pop("input_size", 224)
     base = AlexNetConfig(num_classes=num_classes, input_size=input_size, convs=paper_convs(input_size))
-    return replace(base, **{**_PAPER_VARIANTS[name][1](input_size), **overrides})
+    # The change that defines a variant wins over an override of the same field: the config always passes
+    # model.dropout (0.5 by default), which must not turn alexnet_nodropout back into the full network.
+    return replace(base, **{**overrides, **_PAPER_VARIANTS[name][1](input_size)})
 
 
 def create_model(name: str, num_classes: int = 1000, **overrides) -> nn.Module:
