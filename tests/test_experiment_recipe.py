@@ -17,12 +17,15 @@ TINY = ("model.name=cifar_relu", "model.init=paper", "model.input_size=32", "dat
         "run.device=cpu", "run.checkpoint_every_minutes=0.0")
 
 
-def test_plateau_counts_the_leading_epochs_at_chance_loss():
+def test_plateau_counts_the_epochs_at_chance_loss():
     chance = math.log(10)
     metrics = [{"train_loss": chance + 0.01}, {"train_loss": chance - 0.02}, {"train_loss": 1.5},
                {"train_loss": chance}]
     assert paper_recipe.plateau_epochs(metrics, 10) == 2  # the return to chance at epoch 4 does not count
     assert paper_recipe.plateau_epochs([{"train_loss": 1.0}], 10) == 0
+    blown_up = [{"train_loss": 3.67}, {"train_loss": chance}, {"train_loss": chance + 0.001}]
+    assert paper_recipe.plateau_epochs(blown_up, 10) == 2  # the plateau starts after the first epoch
+    assert paper_recipe.on_plateau_at_end(blown_up, 10) and not paper_recipe.on_plateau_at_end(metrics[:3], 10)
 
 
 @pytest.mark.slow
