@@ -239,10 +239,10 @@ def table_row(results: dict) -> dict:
     v, d, budget = results["variants"], results["difference"], results["budget"]
     n = len(results["seeds"])
     text = (f"without LRN {_pct(v['no-lrn']['test_error'])}, with LRN **{_pct(v['lrn']['test_error'])}** test error "
-            f"(multi-view, n = {n} seeds each); difference {100 * d['mean']:+.1f} points")
+            f"(multi-view, n = {n} seeds each); difference {100 * d['mean']:+.2f} points")
     if d["interval"] is not None:
         lo, hi = d["interval"]
-        text += (f" (95 %: [{100 * lo:+.1f}, {100 * hi:+.1f}]; "
+        text += (f" (95 %: [{100 * lo:+.2f}, {100 * hi:+.2f}]; "
                  + ("larger than the seed spread)" if d["larger_than_seed_spread"] else "**within the seed spread**)"))
     setting = f"budget {budget['name']}" + (f" (**reduced**: {budget['note']})" if budget["reduced"] else "")
     return {"claim": results["claim"], "paper": "13 % without, 11 % with (-2.0 points)", "ours": text,
