@@ -289,3 +289,46 @@ def test_experiment_killed_with_sigkill_continues_where_it_stopped(tmp_path, sto
     results = json.loads((tmp_path / "out" / "results" / "relu-vs-tanh-smoke.json").read_text())
     assert not set(finished) & set(results["trained_in_this_call"]) and len(results["runs"]) == 4
 
+
+
+def _lock_held(path: Path) -> bool:
+    import fcntl
+
+    if not path.is_file():
+        return False
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the run lock is fcntl's")
+def test_a_second_process_waits_for_the_run_another_is_training_and_does_not_train_it(tmp_path, store):
+    # two experiment processes on one runs folder (two seeds' worth of work in parallel) must never train
+    # the same run folder at once: the second waits for the first and then returns its stored outcome
+    script = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from pathlib import Path
+from alexnet.experiments.runner import Runner, RunSpec
+from helpers_train import tiny_config
+spec = RunSpec("run", "relu", tiny_config(Path({str(store)!r}), "run.epochs=12", *{SMOKE!r}))
+Runner({str(tmp_path)!r}, log=lambda line: None).run(spec)
+"""
+    other = subprocess.Popen([os.sys.executable, "-c", script], env=env_one_thread())
+    lock = tmp_path / ".run.lock"
+    deadline = time.monotonic() + 120
+    while not _lock_held(lock):
+        assert other.poll() is None, "the other process ended before it took the lock"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    lines: list[str] = []
+    runner = Runner(tmp_path, log=lines.append)
+    spec = RunSpec("run", "relu", tiny_config(store, "run.epochs=12", *SMOKE))
+    outcome = runner.run(spec)
+    assert other.wait(timeout=120) == 0
+    assert any("another process is training it" in line for line in lines)
+    assert runner.trained_now == [] and outcome.epochs == 12 and outcome.status == "finished"

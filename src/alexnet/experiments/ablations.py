@@ -135,7 +135,12 @@ def run_experiment(runner: Runner, seeds: int, budget: Budget, overrides: tuple[
     """Every variant at every seed (the full network first), then the per-image hits of each."""
     device = next((o.split("=", 1)[1] for o in overrides if o.startswith("run.device=")), "auto")
     overrides = imagenette_overrides(budget, overrides)
-    outcomes = {v.key: [runner.run(_spec(v, seed, budget, overrides)) for seed in range(seeds)] for v in VARIANTS}
+    outcomes: dict[str, list[RunOutcome]] = {}
+    for v in VARIANTS:
+        for seed in range(seeds):
+            outcome = runner.run(_spec(v, seed, budget, overrides))
+            val_hits(outcome, device)  # each run's hits as it ends, cached, so a second process shares them
+            outcomes.setdefault(v.key, []).append(outcome)
     hits = {key: [val_hits(o, device) for o in runs] for key, runs in outcomes.items()}
     return summarize(outcomes, hits, budget, seeds, overrides)
 

@@ -19,6 +19,7 @@ of a longer run gets its first epochs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -116,7 +117,12 @@ class Runner:
         return RunOutcome(**{**data, "metrics": read_metrics(self.root / key)})
 
     def run(self, spec: RunSpec) -> RunOutcome:
-        """Train `spec` to its end (or return its stored outcome)."""
+        """Train `spec` to its end (or return its stored outcome). Two processes on one runs folder never
+        train the same run: the second waits for the first's lock, then finds the run finished."""
+        with _run_lock(self.root, spec.key, self.log):
+            return self._run(spec)
+
+    def _run(self, spec: RunSpec) -> RunOutcome:
         stored = self.finished(spec.key)
         if stored is not None and stored.status == "diverged":
             return stored
@@ -167,6 +173,28 @@ class Runner:
         if self.on_finished is not None:
             self.on_finished(outcome)
         return outcome
+
+
+@contextlib.contextmanager
+def _run_lock(root: Path, key: str, log: Callable[[str], None]):
+    """An exclusive lock on ROOT/.KEY.lock for the duration (the kernel drops it when a process dies);
+    where fcntl does not exist (Windows), no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{key}.lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"{key}: another process is training it; waiting for it")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _synced_metrics(run_dir: Path) -> Metrics:
