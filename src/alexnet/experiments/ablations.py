@@ -256,7 +256,7 @@ def plot(results: dict, path: Path) -> None:
     from alexnet.fsutil import atomic_write
 
     rows = [r for r in results["variants"] if r["variant"] != "full"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.5 * len(rows) + 1.6), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.5 * len(rows) + 2.0), sharey=True)
     y = np.arange(len(rows))[::-1]
     for ax, which in zip(axes, ("top1", "top5"), strict=True):
         diffs = [100 * r[f"{which}_difference"] for r in rows]
@@ -276,10 +276,10 @@ def plot(results: dict, path: Path) -> None:
         ax.set_xlabel(f"{'top-1' if which == 'top1' else 'top-5'} error minus the full network's (points)")
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(y, [r["label"] for r in rows], fontsize=8)
-    axes[1].legend(fontsize=7, loc="lower right")
+    fig.legend(*axes[1].get_legend_handles_labels(), fontsize=8, loc="lower center", ncol=4, frameon=False)
     budget = results["budget"]
     fig.suptitle(f"Ablations on {Path(budget['store']).name}, {budget['epochs']:g} epochs a run, "
                  f"{len(results['seeds'])} seed(s)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))  # the legend below both panels, over no bar
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
