@@ -9,6 +9,7 @@ import os
 import signal
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -290,7 +291,6 @@ def test_experiment_killed_with_sigkill_continues_where_it_stopped(tmp_path, sto
     assert not set(finished) & set(results["trained_in_this_call"]) and len(results["runs"]) == 4
 
 
-
 def _lock_held(path: Path) -> bool:
     import fcntl
 
@@ -318,7 +318,7 @@ from helpers_train import tiny_config
 spec = RunSpec("run", "relu", tiny_config(Path({str(store)!r}), "run.epochs=12", *{SMOKE!r}))
 Runner({str(tmp_path)!r}, log=lambda line: None).run(spec)
 """
-    other = subprocess.Popen([os.sys.executable, "-c", script], env=env_one_thread())
+    other = subprocess.Popen([sys.executable, "-c", script], env=env_one_thread())
     lock = tmp_path / ".run.lock"
     deadline = time.monotonic() + 120
     while not _lock_held(lock):

@@ -135,13 +135,13 @@ def run_experiment(runner: Runner, seeds: int, budget: Budget, overrides: tuple[
     """Every variant at every seed (the full network first), then the per-image hits of each."""
     device = next((o.split("=", 1)[1] for o in overrides if o.startswith("run.device=")), "auto")
     overrides = imagenette_overrides(budget, overrides)
-    outcomes: dict[str, list[RunOutcome]] = {}
+    outcomes: dict[str, list[RunOutcome]] = {v.key: [] for v in VARIANTS}
+    hits: dict[str, list] = {v.key: [] for v in VARIANTS}
     for v in VARIANTS:
         for seed in range(seeds):
             outcome = runner.run(_spec(v, seed, budget, overrides))
-            val_hits(outcome, device)  # each run's hits as it ends, cached, so a second process shares them
-            outcomes.setdefault(v.key, []).append(outcome)
-    hits = {key: [val_hits(o, device) for o in runs] for key, runs in outcomes.items()}
+            outcomes[v.key].append(outcome)
+            hits[v.key].append(val_hits(outcome, device))  # as each run ends (cached: a second process shares them)
     return summarize(outcomes, hits, budget, seeds, overrides)
 
 

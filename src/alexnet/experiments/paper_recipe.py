@@ -67,8 +67,7 @@ def plateau_epochs(metrics: Metrics, classes: int) -> int:
     """The epochs on the plateau: from the first epoch whose mean training loss is within PLATEAU of
     ln(classes), the consecutive epochs that stay within it (0: never at chance). An epoch before it may
     sit above chance: the paper's initialisation on raw pixels can first blow the loss up."""
-    chance = math.log(classes)
-    at_chance = [abs(m["train_loss"] - chance) <= PLATEAU * chance for m in metrics]
+    at_chance = [_at_chance(m["train_loss"], classes) for m in metrics]
     if True not in at_chance:
         return 0
     start = at_chance.index(True)
@@ -77,8 +76,12 @@ def plateau_epochs(metrics: Metrics, classes: int) -> int:
 
 def on_plateau_at_end(metrics: Metrics, classes: int) -> bool:
     """Whether the run's last epoch is still on the plateau (the budget ended before the loss left it)."""
+    return bool(metrics) and _at_chance(metrics[-1]["train_loss"], classes)
+
+
+def _at_chance(loss: float, classes: int) -> bool:
     chance = math.log(classes)
-    return bool(metrics) and abs(metrics[-1]["train_loss"] - chance) <= PLATEAU * chance
+    return abs(loss - chance) <= PLATEAU * chance
 
 
 def run_experiment(runner: Runner, seeds: int, budget: Budget, overrides: tuple[str, ...] = ()) -> dict:
