@@ -122,6 +122,20 @@ def test_lrn_max_pool_equals_three_layers(backend, pool_kernel, pool_stride, sid
     torch.testing.assert_close(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])
 
 
+@pytest.mark.parametrize(("channels", "pool_kernel", "pool_stride"), [(17, 3, 2), (48, 3, 2), (33, 4, 3), (5, 1, 1)])
+def test_lrn_max_pool_ties_and_any_window(channels, pool_kernel, pool_stride):
+    """The C++ kernel pools channel vectors (padded to a multiple of its vector width) with the window known at
+    compile time only for 3/2 and 2/2: other widths and windows, and ties, where the gradient goes to the first
+    maximum of the window in row-major order as in torch, must give torch's numbers."""
+    g = torch.Generator().manual_seed(channels)
+    x = torch.randint(-1, 3, (2, channels, 11, 12), generator=g).double().requires_grad_()  # many equal values
+    want = F.max_pool2d(formula(torch.relu(x)), pool_kernel, pool_stride)
+    got = lrn_max_pool(x, relu=True, pool_kernel=pool_kernel, pool_stride=pool_stride, backend="cpp")
+    torch.testing.assert_close(got, want)
+    grad = torch.randn(want.shape, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(torch.autograd.grad(got, x, grad)[0], torch.autograd.grad(want, x, grad)[0])
+
+
 def test_lrn_max_pool_gradcheck_cpp():
     x = torch.randn(2, 6, 7, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(6)) * 30
     assert torch.autograd.gradcheck(lambda t: lrn_max_pool(t, backend="cpp"), (x.requires_grad_(),))

@@ -9,8 +9,9 @@
 // Two operators:
 //   forward/backward           LRN (optionally after ReLU) on a (N, C, *) tensor;
 //   pool_forward/pool_backward ReLU -> LRN -> max pooling in one pass (Figure 2's conv1 and conv2 blocks):
-//                              the LRN output never leaves the cache, and the pooling keeps a one-byte
-//                              argmax per output instead of torch's eight-byte index.
+//                              the LRN output of one image stays in a per-thread buffer, laid out
+//                              position-major so that the pooling compares whole channel vectors, and the
+//                              pooling keeps a one-byte argmax per output instead of torch's eight-byte index.
 //
 // Layout: contiguous (N, C, *). LRN work is split into (image, tile of spatial positions); each tile keeps
 // its C x T working set in cache. Window sums are summed directly (n terms), never by running differences:
@@ -29,6 +30,9 @@
 namespace {
 
 constexpr int64_t kTile = 256;
+// Row stride of the per-tile scratch: a multiple of 1 KB would put every row of a channel column in the same
+// few L1 sets, and reading down a column (the transpose for pooling) then misses in L1 on every load.
+constexpr int64_t kRow = kTile + 16;
 
 template <typename acc_t>
 inline void pow_neg_beta(const acc_t* s, acc_t* out, int64_t n, acc_t beta) {
@@ -44,16 +48,34 @@ inline void pow_neg_beta(const acc_t* s, acc_t* out, int64_t n, acc_t beta) {
   }
 }
 
-// dst = sum of rows src[j] for j in the channel window of c; rows of length T, row stride kTile.
+// out = s^-beta and ratio = s^(-beta-1) = out / s, with one division fewer than dividing (beta = 0.75).
+template <typename acc_t>
+inline void pow_neg_beta_and_ratio(const acc_t* s, acc_t* out, acc_t* ratio, int64_t n, acc_t beta) {
+  if (beta == acc_t(0.75)) {
+#pragma omp simd
+    for (int64_t p = 0; p < n; ++p) {
+      const acc_t r = acc_t(1) / std::sqrt(s[p]);
+      out[p] = r * std::sqrt(r);
+      ratio[p] = out[p] * r * r;
+    }
+  } else {
+    for (int64_t p = 0; p < n; ++p) {
+      out[p] = std::pow(s[p], -beta);
+      ratio[p] = out[p] / s[p];
+    }
+  }
+}
+
+// dst = sum of rows src[j] for j in the channel window of c; rows of length T, row stride kRow.
 template <typename acc_t>
 inline void window_sum(const acc_t* src, acc_t* dst, int64_t c, int64_t C, int64_t half, int64_t T) {
   const int64_t lo = std::max<int64_t>(0, c - half);
   const int64_t hi = std::min<int64_t>(C - 1, c + half);
-  const acc_t* first = src + lo * kTile;
+  const acc_t* first = src + lo * kRow;
 #pragma omp simd
   for (int64_t p = 0; p < T; ++p) dst[p] = first[p];
   for (int64_t j = lo + 1; j <= hi; ++j) {
-    const acc_t* row = src + j * kTile;
+    const acc_t* row = src + j * kRow;
 #pragma omp simd
     for (int64_t p = 0; p < T; ++p) dst[p] += row[p];
   }
@@ -72,18 +94,18 @@ struct Params {
   bool relu;
 };
 
-// Per-thread scratch for one tile: C rows of kTile.
+// Per-thread scratch for one tile: C rows of kTile positions, kRow apart.
 template <typename acc_t>
 struct Scratch {
   std::vector<acc_t> sq, pw, t, acc;
-  explicit Scratch(int64_t C) : sq(C * kTile), pw(C * kTile), t(C * kTile), acc(kTile) {}
+  explicit Scratch(int64_t C) : sq(C * kRow), pw(C * kRow), t(C * kRow), acc(kTile) {}
 };
 
 // Rows of a_j^2 for every channel of the tile, where a = x (or max(x, 0) with relu).
 template <typename scalar_t, typename acc_t>
 inline void fill_squares(const scalar_t* x, int64_t C, int64_t HW, int64_t p0, int64_t T, bool relu, acc_t* sq) {
   for (int64_t c = 0; c < C; ++c) {
-    acc_t* row = sq + c * kTile;
+    acc_t* row = sq + c * kRow;
     const scalar_t* xc = x + c * HW + p0;
     for (int64_t p = 0; p < T; ++p) {
       const acc_t a = load<scalar_t, acc_t>(xc + p, relu);
@@ -97,20 +119,23 @@ template <typename acc_t>
 inline void denominator(const acc_t* sq, int64_t c, int64_t C, int64_t T, const Params<acc_t>& P, acc_t* scale,
                         acc_t* pw) {
   window_sum(sq, scale, c, C, P.half, T);
-  for (int64_t p = 0; p < T; ++p) scale[p] = P.k + P.alpha * scale[p];
+  const acc_t k = P.k, alpha = P.alpha;  // locals: `scale` could alias the parameters, which stops vectorising
+#pragma omp simd
+  for (int64_t p = 0; p < T; ++p) scale[p] = k + alpha * scale[p];
   pow_neg_beta(scale, pw, T, P.beta);
 }
 
-// LRN forward of positions [p0, p0 + T) of one image: x and y point at the image (C x HW).
+// LRN forward of positions [p0, p0 + T) of one image: x points at the image (C x HW); channel c's T outputs
+// go to y + c * y_stride (y already offset to position p0 of channel 0).
 template <typename scalar_t, typename out_t, typename acc_t>
-void tile_forward(const scalar_t* x, out_t* y, int64_t C, int64_t HW, int64_t p0, int64_t T,
+void tile_forward(const scalar_t* x, out_t* y, int64_t y_stride, int64_t C, int64_t HW, int64_t p0, int64_t T,
                   const Params<acc_t>& P, Scratch<acc_t>& s) {
   fill_squares(x, C, HW, p0, T, P.relu, s.sq.data());
   acc_t* pw = s.pw.data();
   for (int64_t c = 0; c < C; ++c) {
     denominator(s.sq.data(), c, C, T, P, s.acc.data(), pw);
     const scalar_t* xc = x + c * HW + p0;
-    out_t* yc = y + c * HW + p0;
+    out_t* yc = y + c * y_stride;
     for (int64_t p = 0; p < T; ++p) yc[p] = static_cast<out_t>(load<scalar_t, acc_t>(xc + p, P.relu) * pw[p]);
   }
 }
@@ -124,19 +149,23 @@ void tile_backward(const grad_t* g, const scalar_t* x, scalar_t* gx, int64_t C, 
   const acc_t two_ab = acc_t(2) * P.alpha * P.beta;
   acc_t* acc = s.acc.data();
   fill_squares(x, C, HW, p0, T, P.relu, s.sq.data());
+  const acc_t k = P.k, alpha = P.alpha;
   for (int64_t c = 0; c < C; ++c) {
-    acc_t* pwc = s.pw.data() + c * kTile;
-    denominator(s.sq.data(), c, C, T, P, acc, pwc);
-    acc_t* tc = s.t.data() + c * kTile;
+    acc_t* pwc = s.pw.data() + c * kRow;
+    acc_t* tc = s.t.data() + c * kRow;
+    window_sum(s.sq.data(), acc, c, C, P.half, T);
+#pragma omp simd
+    for (int64_t p = 0; p < T; ++p) acc[p] = k + alpha * acc[p];
+    pow_neg_beta_and_ratio(acc, pwc, tc, T, P.beta);  // tc = s^(-beta-1) for now
     const scalar_t* xc = x + c * HW + p0;
     const grad_t* gc = g + c * HW + p0;
     for (int64_t p = 0; p < T; ++p) {
-      tc[p] = static_cast<acc_t>(gc[p]) * load<scalar_t, acc_t>(xc + p, P.relu) * pwc[p] / acc[p];
+      tc[p] = static_cast<acc_t>(gc[p]) * load<scalar_t, acc_t>(xc + p, P.relu) * tc[p];
     }
   }
   for (int64_t c = 0; c < C; ++c) {
     window_sum(s.t.data(), acc, c, C, P.half, T);
-    const acc_t* pwc = s.pw.data() + c * kTile;
+    const acc_t* pwc = s.pw.data() + c * kRow;
     const scalar_t* xc = x + c * HW + p0;
     const grad_t* gc = g + c * HW + p0;
     scalar_t* gxc = gx + c * HW + p0;
@@ -184,7 +213,7 @@ at::Tensor lrn_forward(const at::Tensor& input, int64_t size, double alpha, doub
       Scratch<acc_t> s(C);
       for (int64_t job = begin; job < end; ++job) {
         const int64_t n = job / tiles, p0 = (job % tiles) * kTile;
-        tile_forward(xp + n * C * HW, yp + n * C * HW, C, HW, p0, std::min(kTile, HW - p0), P, s);
+        tile_forward(xp + n * C * HW, yp + n * C * HW + p0, HW, C, HW, p0, std::min(kTile, HW - p0), P, s);
       }
     });
   });
@@ -226,49 +255,68 @@ void check_pool(const at::Tensor& x, int64_t size, int64_t pool_k, int64_t pool_
               " is smaller than the pooling window ", pool_k);
 }
 
-// Max pooling of one plane, separably: a row pass (max over pool_k columns, stride pool_s) and a column pass
-// (max over pool_k of those rows). Branch-free selects vectorise. The first maximum in row-major window order
-// wins, and a NaN wins over numbers and over earlier NaNs, as in torch. argmax is the offset u * pool_k + v inside the window.
-// KC, SC > 0 fix the window at compile time (the paper's 3/2 and 2/2), so the loops unroll and vectorise.
+// Max pooling of one image whose maps are laid out position-major (b[(h * W + w) * Cp + c], Cp = C rounded
+// up to kLanes): every window element is a vector of channels, compared kLanes channels at a time in
+// registers, whatever the window and stride. Output row by output row, the results are transposed into y's
+// and arg's (C, Ho, Wo) planes. The first maximum in row-major window order wins, and a NaN wins over numbers
+// and over earlier NaNs, as in torch. arg is the offset u * pool_k + v inside the window. KC, SC > 0 fix the
+// window at compile time (the paper's 3/2 and 2/2), so the window loops unroll.
+constexpr int64_t kLanes = 16;
+
+inline int64_t padded_channels(int64_t C) { return (C + kLanes - 1) / kLanes * kLanes; }
+
 template <int KC, int SC, typename acc_t, typename scalar_t>
-void max_pool_plane(const acc_t* b, scalar_t* y, uint8_t* arg, int64_t H, int64_t W, int64_t Ho, int64_t Wo,
-                    int64_t k_rt, int64_t s_rt, acc_t* hmax, acc_t* harg) {
-  const int64_t K = KC > 0 ? KC : k_rt, S = SC > 0 ? SC : s_rt;
-  for (int64_t r = 0; r < H; ++r) {
-    const acc_t* __restrict row = b + r * W;
-    acc_t* __restrict hm = hmax + r * Wo;
-    acc_t* __restrict ha = harg + r * Wo;
-#pragma omp simd
+void max_pool_image(const acc_t* b, scalar_t* y, uint8_t* arg, int64_t C, int64_t W, int64_t Ho, int64_t Wo,
+                    int64_t k_rt, int64_t s_rt, acc_t* best, acc_t* where) {
+  const int64_t K = KC > 0 ? KC : k_rt, S = SC > 0 ? SC : s_rt, HWo = Ho * Wo, Cp = padded_channels(C);
+  for (int64_t i = 0; i < Ho; ++i) {
     for (int64_t j = 0; j < Wo; ++j) {
-      acc_t best = row[j * S], where = 0;
-      for (int64_t v = 1; v < K; ++v) {
-        const acc_t val = row[j * S + v];
-        const bool take = (val > best) | (val != val);
-        best = take ? val : best;
-        where = take ? static_cast<acc_t>(v) : where;
+      for (int64_t c0 = 0; c0 < Cp; c0 += kLanes) {
+        const acc_t* corner = b + (i * S * W + j * S) * Cp + c0;
+        acc_t bst[kLanes], wh[kLanes];
+#pragma omp simd
+        for (int64_t l = 0; l < kLanes; ++l) {
+          bst[l] = corner[l];
+          wh[l] = 0;
+        }
+        for (int64_t u = 0; u < K; ++u) {
+          for (int64_t v = u == 0 ? 1 : 0; v < K; ++v) {
+            const acc_t* __restrict row = corner + (u * W + v) * Cp;
+            const acc_t code = static_cast<acc_t>(u * K + v);
+#pragma omp simd
+            for (int64_t l = 0; l < kLanes; ++l) {
+              const acc_t val = row[l];
+              const bool take = (val > bst[l]) | (val != val);
+              bst[l] = take ? val : bst[l];
+              wh[l] = take ? code : wh[l];
+            }
+          }
+        }
+#pragma omp simd
+        for (int64_t l = 0; l < kLanes; ++l) {
+          best[j * Cp + c0 + l] = bst[l];
+          where[j * Cp + c0 + l] = wh[l];
+        }
       }
-      hm[j] = best;
-      ha[j] = where;
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      scalar_t* __restrict yc = y + c * HWo + i * Wo;
+      uint8_t* __restrict ac = arg + c * HWo + i * Wo;
+      for (int64_t j = 0; j < Wo; ++j) {
+        yc[j] = static_cast<scalar_t>(best[j * Cp + c]);
+        ac[j] = static_cast<uint8_t>(where[j * Cp + c]);
+      }
     }
   }
-  for (int64_t i = 0; i < Ho; ++i) {
-    const acc_t* __restrict h0 = hmax + i * S * Wo;
-    const acc_t* __restrict a0 = harg + i * S * Wo;
-    scalar_t* __restrict yi = y + i * Wo;
-    uint8_t* __restrict ai = arg + i * Wo;
+}
+
+// A (C, T) tile with row stride kRow -> T rows of C channels, Cp apart.
+template <typename acc_t>
+void to_position_major(const acc_t* tile, acc_t* dst, int64_t C, int64_t Cp, int64_t T) {
+  for (int64_t q = 0; q < T; ++q) {
+    acc_t* __restrict row = dst + q * Cp;
 #pragma omp simd
-    for (int64_t j = 0; j < Wo; ++j) {
-      acc_t best = h0[j];
-      acc_t where = a0[j];
-      for (int64_t u = 1; u < K; ++u) {
-        const acc_t val = h0[u * Wo + j];
-        const bool take = (val > best) | (val != val);
-        best = take ? val : best;
-        where = take ? static_cast<acc_t>(u * K) + a0[u * Wo + j] : where;
-      }
-      yi[j] = static_cast<scalar_t>(best);
-      ai[j] = static_cast<uint8_t>(where);
-    }
+    for (int64_t c = 0; c < C; ++c) row[c] = tile[c * kRow + q];
   }
 }
 
@@ -281,7 +329,6 @@ std::tuple<at::Tensor, at::Tensor> lrn_pool_forward(const at::Tensor& input, int
   const int64_t Ho = (H - pool_k) / pool_s + 1, Wo = (W - pool_k) / pool_s + 1;
   auto y = at::empty({N, C, Ho, Wo}, x.options());
   auto idx = at::empty({N, C, Ho, Wo}, x.options().dtype(at::kByte));
-  const int64_t tiles = (HW + kTile - 1) / kTile;
   ALEXNET_DISPATCH(x.scalar_type(), "alexnet_lrn_pool_forward", [&] {
     const Params<acc_t> P{size / 2, acc_t(alpha), acc_t(beta), acc_t(k), relu};
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -289,18 +336,20 @@ std::tuple<at::Tensor, at::Tensor> lrn_pool_forward(const at::Tensor& input, int
     uint8_t* ip = idx.mutable_data_ptr<uint8_t>();
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
       Scratch<acc_t> s(C);
-      std::vector<acc_t> b(C * HW), hmax(H * Wo), harg(H * Wo);
-      const auto pool = pool_k == 3 && pool_s == 2   ? &max_pool_plane<3, 2, acc_t, scalar_t>
-                        : pool_k == 2 && pool_s == 2 ? &max_pool_plane<2, 2, acc_t, scalar_t>
-                                                     : &max_pool_plane<0, 0, acc_t, scalar_t>;
+      const int64_t Cp = padded_channels(C);  // the padding lanes stay 0 and are never written out
+      std::vector<acc_t> b(HW * Cp), best(Wo * Cp), where(Wo * Cp);
+      const auto pool = pool_k == 3 && pool_s == 2   ? &max_pool_image<3, 2, acc_t, scalar_t>
+                        : pool_k == 2 && pool_s == 2 ? &max_pool_image<2, 2, acc_t, scalar_t>
+                                                     : &max_pool_image<0, 0, acc_t, scalar_t>;
+      acc_t* tile = s.t.data();
       for (int64_t n = begin; n < end; ++n) {
-        for (int64_t t = 0; t < tiles; ++t) {
-          tile_forward(xp + n * C * HW, b.data(), C, HW, t * kTile, std::min(kTile, HW - t * kTile), P, s);
+        for (int64_t p0 = 0; p0 < HW; p0 += kTile) {
+          const int64_t T = std::min(kTile, HW - p0);
+          tile_forward(xp + n * C * HW, tile, kRow, C, HW, p0, T, P, s);
+          to_position_major(tile, b.data() + p0 * Cp, C, Cp, T);
         }
-        for (int64_t c = 0; c < C; ++c) {
-          pool(b.data() + c * HW, yp + (n * C + c) * Ho * Wo, ip + (n * C + c) * Ho * Wo, H, W, Ho,
-                         Wo, pool_k, pool_s, hmax.data(), harg.data());
-        }
+        pool(b.data(), yp + n * C * Ho * Wo, ip + n * C * Ho * Wo, C, W, Ho, Wo, pool_k, pool_s, best.data(),
+             where.data());
       }
     });
   });
@@ -318,12 +367,16 @@ at::Tensor lrn_pool_backward(const at::Tensor& grad, const at::Tensor& input, co
   const int64_t Ho = g.size(2), Wo = g.size(3);
   auto gx = at::empty_like(x, at::MemoryFormat::Contiguous);
   const int64_t tiles = (HW + kTile - 1) / kTile;
+  // the offset in the input plane of each argmax code, from its window's corner: no division per element
+  std::vector<int64_t> offset(pool_k * pool_k);
+  for (int64_t a = 0; a < pool_k * pool_k; ++a) offset[a] = (a / pool_k) * W + a % pool_k;
   ALEXNET_DISPATCH(x.scalar_type(), "alexnet_lrn_pool_backward", [&] {
     const Params<acc_t> P{size / 2, acc_t(alpha), acc_t(beta), acc_t(k), relu};
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     const uint8_t* ip = idx.const_data_ptr<uint8_t>();
     scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
+    const int64_t* off = offset.data();
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
       Scratch<acc_t> s(C);
       std::vector<acc_t> gb(C * HW);
@@ -334,9 +387,9 @@ at::Tensor lrn_pool_backward(const at::Tensor& grad, const at::Tensor& input, co
           const scalar_t* gc = gp + (n * C + c) * Ho * Wo;
           const uint8_t* ic = ip + (n * C + c) * Ho * Wo;
           for (int64_t i = 0; i < Ho; ++i) {
+            acc_t* corner = gbc + i * pool_s * W;
             for (int64_t j = 0; j < Wo; ++j) {
-              const int64_t a = ic[i * Wo + j];
-              gbc[(i * pool_s + a / pool_k) * W + j * pool_s + a % pool_k] += static_cast<acc_t>(gc[i * Wo + j]);
+              corner[j * pool_s + off[ic[i * Wo + j]]] += static_cast<acc_t>(gc[i * Wo + j]);
             }
           }
         }
