@@ -169,7 +169,9 @@ def our_pipeline(store: Store, batch: int, workers: int, in_memory: bool = False
             yield aug.train(images, batch_generator(0, epoch, k, device))
 
 
-def rate(batches: Iterator[torch.Tensor], count: int, warmup: int = 2) -> float:
+def rate(batches: Iterator[torch.Tensor], count: int, warmup: int = 5) -> float:
+    """Images per second over `count` batches after `warmup` (thread pools and worker processes starting,
+    first touches of fresh buffers): the steady rate that a long training run sees."""
     for _ in range(warmup):
         next(batches)
     t0, images = time.perf_counter(), 0
@@ -267,7 +269,7 @@ def end_to_end(store_path: Path, work: Path, steps: int, precision: str, model_r
 
 
 def run_benchmark(store: str | os.PathLike, rounds: int = 3, batch: int = 128, e2e_steps: int = 30,
-                  pipeline_batches: int = 15, workers: int = 2, log: Callable[[str], None] = print) -> dict:
+                  pipeline_batches: int = 40, workers: int = 2, log: Callable[[str], None] = print) -> dict:
     """Every measurement above; `store` is a prepared Imagenette store (256 px)."""
     store_path = Path(store)
     st = Store.open(store_path)

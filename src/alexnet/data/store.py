@@ -6,7 +6,7 @@ Layout (``meta.json`` is written last, so its presence means the store is comple
                                     eigvals (3,), eigvecs (3, 3) columns = eigenvectors, source, version
     STORE/mean.npy                  float32 (3, S, S) per-pixel mean of the train split, 0..255 scale
     STORE/report.json               every skipped file with its reason
-    STORE/<split>/shard-NNNNN.npy   raw uint8 (n, 3, S, S), RGB, memory-mapped on read
+    STORE/<split>/shard-NNNNN.npy   raw uint8 (n, 3, S, S), RGB, read with pread (see ShardedImages)
     STORE/<split>/shard-NNNNN.jpeg  or: an int64 .npy of n+1 byte offsets followed by n JPEG images
     STORE/<split>/labels.npy        int64 (N,)
     STORE/<split>/files.json        source name of each image
@@ -128,19 +128,54 @@ class _JpegShard:
             return torch.stack(decode_jpeg(self.blobs(key), mode=ImageReadMode.RGB)).numpy()
 
 
+_PREAD = hasattr(os, "preadv")  # Linux, macOS; elsewhere the memory map is read
+
+
 class ShardedImages:
     """The images of one split as one array-like over its shards: ``len()`` and numpy-style indexing.
 
     ``images[i]`` gives (3, S, S); ``images[a:b]`` and ``images[index_array]`` give (k, 3, S, S) uint8.
+
+    Raw shards are opened as memory maps (for their shape and data offset) but read with ``os.preadv``
+    straight into the batch where the platform has it: a memory map's first touch faults every page in
+    (with the kernel's fault-around, one fault per 64 KB), which made a batch from the store four times
+    slower to gather than a positional read (on the 2-core development machine 13,000 vs 45,000 images/s
+    on one thread), and a store larger than memory is touched for the first time in every epoch.
     """
 
     def __init__(self, paths: Sequence[Path], counts: Sequence[int], encoding: str, size: int):
         self.size = size
+        self.paths = [Path(p) for p in paths]
         self.shards = [np.load(p, mmap_mode="r") if encoding == "raw" else _JpegShard(p) for p in paths]
         for p, s, n in zip(paths, self.shards, counts, strict=True):
             if len(s) != n:
                 raise DataError(f"shard {p} holds {len(s)} images but meta.json says {n}; prepare again")
         self.starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        # where each raw shard's pixels start in its file (the .npy header's length), for pread
+        self.offsets = [s.offset if isinstance(s, np.memmap) else None for s in self.shards]
+        self._fds: dict[int, int] = {}  # shard -> file descriptor for pread, opened on first use
+
+    def __del__(self) -> None:
+        for fd in getattr(self, "_fds", {}).values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fds": {}}  # a worker process opens its own descriptors
+
+    def _pread(self, shard: int, local: np.ndarray, out: np.ndarray, where: np.ndarray) -> None:
+        """Images ``local`` of raw shard ``shard`` into ``out[where]`` by positional reads."""
+        fd = self._fds.get(shard)
+        if fd is None:
+            fd = self._fds[shard] = os.open(self.paths[shard], os.O_RDONLY)
+        start, nbytes = self.offsets[shard], 3 * self.size * self.size
+        for i, j in zip(local.tolist(), where.tolist(), strict=True):
+            got = os.preadv(fd, [out[j]], start + i * nbytes)
+            if got != nbytes:
+                raise DataError(f"shard {self.paths[shard]} ended after {got} of {nbytes} bytes of image {i}: "
+                                "the file was truncated after it was prepared; prepare the store again")
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -183,7 +218,9 @@ class ShardedImages:
         for s in np.unique(shard_of):
             where = np.nonzero(shard_of == s)[0]
             local = index[where] - self.starts[s]
-            if len(local) > 1 and np.all(np.diff(local) == 1):
+            if _PREAD and self.offsets[s] is not None:
+                self._pread(int(s), local, out, where)
+            elif len(local) > 1 and np.all(np.diff(local) == 1):
                 out[where] = self.shards[s][local[0] : local[-1] + 1]
             else:
                 out[where] = self.shards[s][local]
