@@ -17,6 +17,7 @@ sees half a file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -157,10 +158,8 @@ class ShardedImages:
 
     def __del__(self) -> None:
         for fd in getattr(self, "_fds", {}).values():
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_fds": {}}  # a worker process opens its own descriptors
