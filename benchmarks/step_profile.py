@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/step_profile.py
 
-The eight most expensive operators of each network, per step (two steps profiled after one warm-up);
+The eight most expensive operators of each network, per step (two steps profiled after three warm-up
+steps: the second step of a fresh model still ran conv1 at 3.6x its steady time);
 `results/cpu-2core/profile_bf16.txt` is one run.
 """
 
@@ -28,7 +29,8 @@ def main() -> None:
             loss.backward()
             opt.step()
 
-        step()
+        for _ in range(3):
+            step()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             step()
             step()

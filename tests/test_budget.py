@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from alexnet.budget import Costs, plan_total_steps, training_seconds
+from alexnet.budget import PLAN_AT_STEP, Costs, plan_total_steps, training_seconds
 from alexnet.checkpoint import TrainingState
 from alexnet.train import fit
 from helpers_train import make_store, tiny_config
@@ -53,10 +53,31 @@ def test_a_budgeted_run_plans_anneals_and_ends_within_its_budget(store, tmp_path
     state = TrainingState.load(tmp_path / "run" / "checkpoints" / "latest.pt")
     plan = state.plan
     assert summary["status"] == "budget" and summary["step"] == plan["total_steps"]
-    assert plan["reserve_s"] > 0 and plan["planned_at_step"] == 24
+    assert plan["reserve_s"] > 0 and plan["planned_at_step"] == PLAN_AT_STEP
     assert summary["last"]["wall_time_s"] <= 60 * budget_min - plan["reserve_s"]  # the reserve is left
     assert summary["last"]["lr"] < 0.01 * 0.05  # annealed to (nearly) zero at the planned step
 
+
+
+def test_the_validation_estimate_leaves_out_the_first_batch(monkeypatch):
+    """The first inference batch also builds its kernels: timing it would keep too much for the ten crops."""
+    from types import SimpleNamespace
+
+    import alexnet.train as train
+
+    now = [0.0]
+    costs = iter([100.0, 1.0, 1.0, 1.0])  # seconds of each validation batch: the first is slow
+
+    def predict(*args, **kwargs):
+        for cost in costs:
+            now[0] += cost
+            yield None
+
+    monkeypatch.setattr(train, "predict", predict)
+    run = SimpleNamespace(info=SimpleNamespace(device="cpu"), raw=SimpleNamespace(train=lambda: None),
+                          config=SimpleNamespace(run=SimpleNamespace(precision="fp32", channels_last=False)),
+                          eval_batches=[None] * 16, augmenter=SimpleNamespace(center=None))
+    assert train._time_validation(run, lambda: now[0], batches=2) == 16.0  # 16 batches of 1 s, not 16 x 50.5
 
 
 @pytest.mark.slow

@@ -19,10 +19,11 @@ from alexnet.config import RunConfig
 from alexnet.distributed import all_reduce_max
 from alexnet.signals import StopSignal
 
-# Steps timed before the plan is made (about 45 s of a CPU demo): the first two are slower (allocations,
-# caches) and are skipped; fewer steps overestimate the step time.
-PLAN_SKIP_STEPS = 2
-PLAN_AT_STEP = 24
+# Steps timed before the plan is made (about 25 s of a CPU demo): the first four are slower and are skipped
+# (allocations, caches, oneDNN choosing its kernels: on a 2-core CPU the second step still ran conv1 at 3.6x
+# its steady time; with only two skipped, a demo's plan took 0.90 s a step where the run then averaged 0.84).
+PLAN_SKIP_STEPS = 4
+PLAN_AT_STEP = 26
 # Logging an epoch (metrics, TensorBoard, redrawing the curves) on top of its validation and save.
 EPOCH_END_OVERHEAD_S = 2.0
 

@@ -215,14 +215,21 @@ def _plan_budget(run: Run, pos: Position, control: Control, paths: RunPaths) -> 
 
 
 def _time_validation(run: Run, clock: Callable[[], float], batches: int = 2) -> float:
-    """Seconds for this process's centre-crop validation pass, from timing its first `batches` batches."""
-    timed, t0 = 0, clock()
+    """Seconds for this process's centre-crop validation pass, from timing `batches` batches after a first
+    one that is not timed: the first inference batch also builds the kernels for its shapes (timing it made a
+    demo keep 176 s for evaluations that took 118)."""
+    start, t0, timed = clock(), None, 0
     autocast = autocast_context(run.info.device, run.config.run.precision)
     for _ in islice(predict(run.raw, run.eval_batches, run.augmenter.center, autocast=autocast,
-                            channels_last=run.config.run.channels_last), batches):
-        timed += 1
+                            channels_last=run.config.run.channels_last), batches + 1):
+        if t0 is None:
+            t0 = clock()  # the first batch is done
+        else:
+            timed += 1
     run.raw.train()
-    return (clock() - t0) / max(timed, 1) * len(run.eval_batches)
+    if not timed:  # a validation set of one batch: that batch is the whole pass
+        return (t0 if t0 is not None else start) - start
+    return (clock() - t0) / timed * len(run.eval_batches)
 
 
 def _resume_state(paths: RunPaths, config: Config, resume: bool, info: DistInfo) -> TrainingState | None:
