@@ -268,7 +268,7 @@ def end_to_end(store_path: Path, work: Path, steps: int, precision: str, model_r
             "ratio": rate / model_rate, "peak_rss_anon_gib": peak.peak_kb / 2**20}
 
 
-def run_benchmark(store: str | os.PathLike, rounds: int = 3, batch: int = 128, e2e_steps: int = 30,
+def run_benchmark(store: str | os.PathLike, rounds: int = 3, batch: int = 128, e2e_steps: int = 200,
                   pipeline_batches: int = 40, workers: int = 2, log: Callable[[str], None] = print) -> dict:
     """Every measurement above; `store` is a prepared Imagenette store (256 px)."""
     store_path = Path(store)

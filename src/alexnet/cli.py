@@ -535,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
              "alexnet benchmark --json > bench.json")
     p.add_argument("--store", default=None, help="prepared Imagenette store (default: the demo's, prepared once)")
     p.add_argument("--rounds", type=int, default=3, help="alternating timed rounds (the median is kept)")
-    p.add_argument("--steps", type=int, default=30, help="steps of the real training loop")
+    p.add_argument("--steps", type=int, default=200, help="steps of the real training loop")
     p.add_argument("--json", action="store_true", help="print the results as JSON (progress on stderr)")
     p.set_defaults(func=_benchmark)
 
