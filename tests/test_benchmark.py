@@ -1,0 +1,15 @@
+"""The benchmark's own arithmetic (the measurements themselves are run, not tested: `alexnet benchmark`)."""
+
+import json
+
+import pytest
+
+from alexnet.benchmark import _overall_rate
+
+
+def test_the_end_to_end_rate_weighs_each_epoch_by_its_images(tmp_path):
+    # one whole epoch at 100 images/s, then half an epoch at 200: 1.5 epochs in 1 + 0.25 units of time
+    lines = [{"epoch": 1.0, "images_per_s": 100.0}, {"epoch": 1.5, "images_per_s": 200.0, "partial": True}]
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert _overall_rate(metrics) == pytest.approx(1.5 / 1.25 * 100.0)  # 120, not the last record's 200
