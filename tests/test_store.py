@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from alexnet.data.store import (
+    _PREAD,
     ShardedImages,
     Store,
     atomic_write,
@@ -73,22 +74,32 @@ def test_raw_store_indexing_matches_numpy(tmp_path):
         _ = store.eval_split
 
 
+@pytest.mark.skipif(not _PREAD, reason="without preadv raw shards are memory-mapped (truncation is a SIGBUS)")
 def test_raw_reads_survive_pickling_and_name_a_shard_truncated_under_them(tmp_path):
-    """Raw shards are read with pread: a pickled view (a worker process) opens its own files, and a shard cut
-    short after the store was opened is an error that names it, not zeros or a crash."""
+    """Raw shards are read with pread: a pickled view (a worker process) carries no pixels and opens its own
+    files, and a shard cut short after the store was opened is an error that names it, not zeros or a crash."""
     import pickle
 
     images = _write_store(tmp_path, "raw")
     view = Store.open(tmp_path).images("train")
     index = np.array([7, 1, 2])
     np.testing.assert_array_equal(view[index], images[index])  # opens descriptors
-    np.testing.assert_array_equal(pickle.loads(pickle.dumps(view))[index], images[index])
+    blob = pickle.dumps(view)
+    assert len(blob) < images.nbytes  # the header facts, not the pixels
+    np.testing.assert_array_equal(pickle.loads(blob)[index], images[index])
     shard = shard_path(tmp_path, "train", 2, "raw")  # images 3..6
     with open(shard, "r+b") as f:
         f.truncate(shard.stat().st_size - 10)
     np.testing.assert_array_equal(view[[0, 1]], images[[0, 1]])
     with pytest.raises(DataError, match=f"{shard.name}.*truncated.*prepare the store again"):
         view[[6]]
+
+
+def test_a_raw_shard_of_the_wrong_shape_is_named(tmp_path):
+    _write_store(tmp_path, "raw")
+    np.save(shard_path(tmp_path, "train", 0, "raw"), np.zeros((3, 3, 4, 4), dtype=np.uint8))  # 4 px, not 8
+    with pytest.raises(DataError, match=r"shard-00000.*\(3, 3, 4, 4\).*\(n, 3, 8, 8\) uint8"):
+        Store.open(tmp_path).images("train")
 
 
 def test_jpeg_store_decodes_close_to_the_raw_pixels(tmp_path):

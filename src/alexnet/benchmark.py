@@ -7,7 +7,7 @@ and load cancel out as far as they can:
   without LRN and torchvision's AlexNet, round after round in turn;
 - inference with the centre crop and the ten crops (our batched views vs torchvision's TenCrop);
 - achieved GFLOP/s against a large matmul timed here (the machine's practical peak);
-- our input pipeline (memory-mapped store, augmented batches) vs torchvision's reference pipeline on the
+- our input pipeline (the store on disk, augmented batches) vs torchvision's reference pipeline on the
   same JPEGs with the same workers, and vs the model's training rate measured above;
 - the real training loop (`fit`) on the store vs the model-only rate, with the peak anonymous memory
   (RssAnon) of the process and its workers.
@@ -277,7 +277,7 @@ def _overall_rate(metrics: Path) -> float:
 
 
 def end_to_end(store_path: Path, work: Path, steps: int, precision: str, model_rate: float) -> dict:
-    """`fit` streaming from the memory-mapped store for `steps` steps vs the model-only rate."""
+    """`fit` streaming from the store on disk for `steps` steps vs the model-only rate."""
     config = load_config("demo", [f"data.store={store_path}", "data.in_memory=false", f"run.precision={precision}",
                                   "run.plan_budget=false", "run.budget_minutes=0", f"run.budget_steps={steps}",
                                   "run.checkpoint_every_minutes=0", "run.checkpoint_every_epochs=0"])

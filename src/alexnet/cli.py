@@ -531,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
              "Training steps (fp32, bf16) of the paper net, the paper net without LRN and torchvision's AlexNet "
              "in turn; centre and ten-crop inference; GFLOP/s against a matmul peak; our input pipeline vs "
              "torchvision's reference; the real training loop vs the model-only rate with peak anonymous "
-             "memory. About 5 minutes on a 2-core CPU.",
+             "memory. About 5 minutes on the 2-core development machine, twice that on one half as fast.",
              "alexnet benchmark --json > bench.json")
     p.add_argument("--store", default=None, help="prepared Imagenette store (default: the demo's, prepared once)")
     p.add_argument("--rounds", type=int, default=3, help="alternating timed rounds (the median is kept)")

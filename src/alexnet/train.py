@@ -217,7 +217,7 @@ def _plan_budget(run: Run, pos: Position, control: Control, paths: RunPaths) -> 
 def _time_validation(run: Run, clock: Callable[[], float], batches: int = 2) -> float:
     """Seconds for this process's centre-crop validation pass, from timing `batches` batches after a first
     one that is not timed: the first inference batch also builds the kernels for its shapes (timing it made a
-    demo keep 176 s for evaluations that took 118)."""
+    demo keep 176 s for evaluations that took about 105)."""
     start, t0, timed = clock(), None, 0
     autocast = autocast_context(run.info.device, run.config.run.precision)
     for _ in islice(predict(run.raw, run.eval_batches, run.augmenter.center, autocast=autocast,

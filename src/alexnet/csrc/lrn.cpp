@@ -373,7 +373,13 @@ at::Tensor lrn_pool_backward(const at::Tensor& grad, const at::Tensor& input, co
   auto idx = argmax.contiguous();
   auto g = grad.contiguous().to(x.scalar_type());
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
-  const int64_t Ho = g.size(2), Wo = g.size(3);
+  const int64_t Ho = (H - pool_k) / pool_s + 1, Wo = (W - pool_k) / pool_s + 1;
+  // the argmax codes index a table of pool_k^2 offsets: only pool_forward's own output may come in
+  TORCH_CHECK(g.dim() == 4 && g.size(0) == N && g.size(1) == C && g.size(2) == Ho && g.size(3) == Wo,
+              "alexnet LRN+pool backward: gradient of shape ", g.sizes(), " for a pooled output of ",
+              at::IntArrayRef({N, C, Ho, Wo}));
+  TORCH_CHECK(idx.scalar_type() == at::kByte && idx.sizes() == g.sizes(),
+              "alexnet LRN+pool backward: argmax must be pool_forward's uint8 output of shape ", g.sizes());
   auto gx = at::empty_like(x, at::MemoryFormat::Contiguous);
   const int64_t tiles = (HW + kTile - 1) / kTile;
   // the offset in the input plane of each argmax code, from its window's corner: no division per element

@@ -21,6 +21,7 @@ import contextlib
 import errno
 import json
 import os
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -129,52 +130,96 @@ class _JpegShard:
             return torch.stack(decode_jpeg(self.blobs(key), mode=ImageReadMode.RGB)).numpy()
 
 
-_PREAD = hasattr(os, "preadv")  # Linux, macOS; elsewhere the memory map is read
+_PREAD = hasattr(os, "preadv")  # Linux, macOS; elsewhere a memory map is read
+
+
+class _RawShard:
+    """One raw shard, (n, 3, S, S) uint8 in a .npy file, read with ``os.preadv`` straight into the batch.
+
+    A memory map's first touch faults every page in (with the kernel's fault-around, one fault per 64 KB),
+    which made a batch from the store several times slower to gather than a positional read (on the 2-core
+    development machine 13,000 vs 45,000 images/s on one thread), and a store larger than memory is touched
+    for the first time in every epoch. Only the .npy header is read on opening; one descriptor per shard is
+    opened on first use (a memory map only where the platform has no preadv). Pickled (a worker process),
+    it carries neither: the worker opens its own.
+    """
+
+    def __init__(self, path: Path, size: int):
+        self.path, self.size = Path(path), size
+        with open(self.path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise DataError(f"shard {self.path} is a .npy file of format {version}; prepare the store again")
+            fmt = np.lib.format
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            self.offset = f.tell()
+        if dtype != np.uint8 or fortran or len(shape) != 4 or tuple(shape[1:]) != (3, size, size):
+            raise DataError(f"shard {self.path} holds {dtype} {'Fortran-order ' if fortran else ''}{shape}, not "
+                            f"(n, 3, {size}, {size}) uint8 as meta.json says; prepare the store again")
+        self.count = int(shape[0])
+        self._fd: int | None = None
+        self._map: np.ndarray | None = None
+        self._lock = threading.Lock()  # the loader's threads read one shard at the same time
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_fd", "_map", "_lock")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _fd=None, _map=None, _lock=threading.Lock())
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            with contextlib.suppress(Exception):  # at interpreter exit even `os` may be gone
+                os.close(fd)
+
+    def __getitem__(self, key: slice | np.ndarray) -> np.ndarray:
+        local = np.arange(self.count)[key] if isinstance(key, slice) else np.asarray(key, dtype=np.int64)
+        out = np.empty((len(local), 3, self.size, self.size), dtype=np.uint8)
+        self.read(local, out, np.arange(len(local)))
+        return out
+
+    def read(self, local: np.ndarray, out: np.ndarray, where: np.ndarray) -> None:
+        """Images ``local`` of this shard into ``out[where]``."""
+        if not _PREAD:
+            if self._map is None:
+                self._map = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self.offset,
+                                      shape=(self.count, 3, self.size, self.size))
+            out[where] = self._map[local]
+            return
+        with self._lock:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDONLY)
+        nbytes = 3 * self.size * self.size
+        for i, j in zip(local.tolist(), where.tolist(), strict=True):
+            buf, done = memoryview(out[j]).cast("B"), 0
+            while done < nbytes:  # a read may return less than asked (network file systems); 0 is the end
+                got = os.preadv(self._fd, [buf[done:]], self.offset + i * nbytes + done)
+                if got == 0:
+                    raise DataError(f"shard {self.path} ended after {done} of {nbytes} bytes of image {i}: the "
+                                    "file was truncated after it was prepared; prepare the store again")
+                done += got
 
 
 class ShardedImages:
     """The images of one split as one array-like over its shards: ``len()`` and numpy-style indexing.
 
     ``images[i]`` gives (3, S, S); ``images[a:b]`` and ``images[index_array]`` give (k, 3, S, S) uint8.
-
-    Raw shards are opened as memory maps (for their shape and data offset) but read with ``os.preadv``
-    straight into the batch where the platform has it: a memory map's first touch faults every page in
-    (with the kernel's fault-around, one fault per 64 KB), which made a batch from the store four times
-    slower to gather than a positional read (on the 2-core development machine 13,000 vs 45,000 images/s
-    on one thread), and a store larger than memory is touched for the first time in every epoch.
+    Raw shards are read with positional reads (:class:`_RawShard`), JPEG shards decoded on access.
     """
 
     def __init__(self, paths: Sequence[Path], counts: Sequence[int], encoding: str, size: int):
         self.size = size
         self.paths = [Path(p) for p in paths]
-        self.shards = [np.load(p, mmap_mode="r") if encoding == "raw" else _JpegShard(p) for p in paths]
+        self.shards = [_RawShard(p, size) if encoding == "raw" else _JpegShard(p) for p in paths]
         for p, s, n in zip(paths, self.shards, counts, strict=True):
             if len(s) != n:
                 raise DataError(f"shard {p} holds {len(s)} images but meta.json says {n}; prepare again")
         self.starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
-        # where each raw shard's pixels start in its file (the .npy header's length), for pread
-        self.offsets = [s.offset if isinstance(s, np.memmap) else None for s in self.shards]
-        self._fds: dict[int, int] = {}  # shard -> file descriptor for pread, opened on first use
-
-    def __del__(self) -> None:
-        for fd in getattr(self, "_fds", {}).values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_fds": {}}  # a worker process opens its own descriptors
-
-    def _pread(self, shard: int, local: np.ndarray, out: np.ndarray, where: np.ndarray) -> None:
-        """Images ``local`` of raw shard ``shard`` into ``out[where]`` by positional reads."""
-        fd = self._fds.get(shard)
-        if fd is None:
-            fd = self._fds[shard] = os.open(self.paths[shard], os.O_RDONLY)
-        start, nbytes = self.offsets[shard], 3 * self.size * self.size
-        for i, j in zip(local.tolist(), where.tolist(), strict=True):
-            got = os.preadv(fd, [out[j]], start + i * nbytes)
-            if got != nbytes:
-                raise DataError(f"shard {self.paths[shard]} ended after {got} of {nbytes} bytes of image {i}: "
-                                "the file was truncated after it was prepared; prepare the store again")
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -217,8 +262,8 @@ class ShardedImages:
         for s in np.unique(shard_of):
             where = np.nonzero(shard_of == s)[0]
             local = index[where] - self.starts[s]
-            if _PREAD and self.offsets[s] is not None:
-                self._pread(int(s), local, out, where)
+            if isinstance(self.shards[s], _RawShard):
+                self.shards[s].read(local, out, where)
             elif len(local) > 1 and np.all(np.diff(local) == 1):
                 out[where] = self.shards[s][local[0] : local[-1] + 1]
             else:
