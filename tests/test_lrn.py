@@ -141,12 +141,26 @@ def test_lrn_max_pool_gradcheck_cpp():
     assert torch.autograd.gradcheck(lambda t: lrn_max_pool(t, backend="cpp"), (x.requires_grad_(),))
 
 
-def test_lrn_max_pool_propagates_nan():
+@pytest.mark.parametrize("relu", [False, True])
+def test_lrn_max_pool_propagates_nan(relu):
+    """A NaN passes the fused ReLU (as through torch.relu), spreads over its channel window, and wins the
+    pooling over numbers and over an earlier NaN of the same window; without the ReLU its gradient goes where
+    the formula's goes (through the ReLU the two mask a NaN input's own gradient differently)."""
     x = torch.ones(1, 4, 5, 5)
     x[0, 1, 2, 2] = float("nan")
-    y = lrn_max_pool(x, relu=False, backend="cpp")
-    ref = lrn_max_pool(x, relu=False, backend="torch")
-    assert torch.equal(torch.isnan(y), torch.isnan(ref)) and torch.isnan(y).any()
+    x[0, 3, 0, 0] = x[0, 3, 0, 1] = float("nan")  # two NaNs in one window
+    for t in (x, x.bfloat16()):
+        y = lrn_max_pool(t, relu=relu, backend="cpp")
+        ref = lrn_max_pool(t, relu=relu, backend="torch")
+        assert torch.equal(torch.isnan(y), torch.isnan(ref)) and torch.isnan(y).any()
+    if relu:
+        return
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    g = torch.rand(1, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    lrn_max_pool(a, relu=relu, backend="cpp").backward(g)
+    lrn_max_pool(b, relu=relu, backend="torch").backward(g)
+    assert torch.equal(torch.isnan(a.grad), torch.isnan(b.grad))
+    torch.testing.assert_close(torch.nan_to_num(a.grad), torch.nan_to_num(b.grad))
 
 
 def test_modules_and_argument_errors():

@@ -93,7 +93,7 @@ inline void window_sum(const acc_t* src, acc_t* dst, int64_t c, int64_t C, int64
 template <typename scalar_t, typename acc_t>
 inline acc_t load(const scalar_t* x, bool relu) {
   const acc_t v = static_cast<acc_t>(*x);
-  return relu && !(v > acc_t(0)) ? acc_t(0) : v;
+  return relu && v <= acc_t(0) ? acc_t(0) : v;  // a NaN stays NaN, as through torch.relu
 }
 
 template <typename acc_t>
