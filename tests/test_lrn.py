@@ -122,13 +122,15 @@ def test_lrn_max_pool_equals_three_layers(backend, pool_kernel, pool_stride, sid
     torch.testing.assert_close(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0])
 
 
-@pytest.mark.parametrize(("channels", "pool_kernel", "pool_stride"), [(17, 3, 2), (48, 3, 2), (33, 4, 3), (5, 1, 1)])
-def test_lrn_max_pool_ties_and_any_window(channels, pool_kernel, pool_stride):
+@pytest.mark.parametrize(("channels", "pool_kernel", "pool_stride", "side"),
+                         [(17, 3, 2, 11), (48, 3, 2, 11), (33, 4, 3, 11), (5, 1, 1, 11), (20, 3, 2, 23)])
+def test_lrn_max_pool_ties_and_any_window(channels, pool_kernel, pool_stride, side):
     """The C++ kernel pools channel vectors (padded to a multiple of its vector width) with the window known at
     compile time only for 3/2 and 2/2: other widths and windows, and ties, where the gradient goes to the first
-    maximum of the window in row-major order as in torch, must give torch's numbers."""
+    maximum of the window in row-major order as in torch, must give torch's numbers; 23 x 24 maps span three
+    of the kernel's 256-position tiles."""
     g = torch.Generator().manual_seed(channels)
-    x = torch.randint(-1, 3, (2, channels, 11, 12), generator=g).double().requires_grad_()  # many equal values
+    x = torch.randint(-1, 3, (2, channels, side, side + 1), generator=g).double().requires_grad_()  # many ties
     want = F.max_pool2d(formula(torch.relu(x)), pool_kernel, pool_stride)
     got = lrn_max_pool(x, relu=True, pool_kernel=pool_kernel, pool_stride=pool_stride, backend="cpp")
     torch.testing.assert_close(got, want)
