@@ -123,14 +123,20 @@ inline void fill_squares(const scalar_t* x, int64_t C, int64_t HW, int64_t p0, i
   }
 }
 
-// For channel c: s = k + alpha * (window sum of squares) into `scale`, and s^-beta into `pw`.
+// For channel c: s = k + alpha * (window sum of squares) into `scale`.
 template <typename acc_t>
-inline void denominator(const acc_t* sq, int64_t c, int64_t C, int64_t T, const Params<acc_t>& P, acc_t* scale,
-                        acc_t* pw) {
+inline void window_scale(const acc_t* sq, int64_t c, int64_t C, int64_t T, const Params<acc_t>& P, acc_t* scale) {
   window_sum(sq, scale, c, C, P.half, T);
   const acc_t k = P.k, alpha = P.alpha;  // locals: `scale` could alias the parameters, which stops vectorising
 #pragma omp simd
   for (int64_t p = 0; p < T; ++p) scale[p] = k + alpha * scale[p];
+}
+
+// For channel c: s into `scale` (window_scale) and s^-beta into `pw`.
+template <typename acc_t>
+inline void denominator(const acc_t* sq, int64_t c, int64_t C, int64_t T, const Params<acc_t>& P, acc_t* scale,
+                        acc_t* pw) {
+  window_scale(sq, c, C, T, P, scale);
   pow_neg_beta(scale, pw, T, P.beta);
 }
 
@@ -158,13 +164,10 @@ void tile_backward(const grad_t* g, const scalar_t* x, scalar_t* gx, int64_t C, 
   const acc_t two_ab = acc_t(2) * P.alpha * P.beta;
   acc_t* acc = s.acc.data();
   fill_squares(x, C, HW, p0, T, P.relu, s.sq.data());
-  const acc_t k = P.k, alpha = P.alpha;
   for (int64_t c = 0; c < C; ++c) {
     acc_t* pwc = s.pw.data() + c * kRow;
     acc_t* tc = s.t.data() + c * kRow;
-    window_sum(s.sq.data(), acc, c, C, P.half, T);
-#pragma omp simd
-    for (int64_t p = 0; p < T; ++p) acc[p] = k + alpha * acc[p];
+    window_scale(s.sq.data(), c, C, T, P, acc);
     pow_neg_beta_and_ratio(acc, pwc, tc, T, P.beta);  // tc = s^(-beta-1) for now
     const scalar_t* xc = x + c * HW + p0;
     const grad_t* gc = g + c * HW + p0;

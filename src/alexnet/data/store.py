@@ -6,7 +6,7 @@ Layout (``meta.json`` is written last, so its presence means the store is comple
                                     eigvals (3,), eigvecs (3, 3) columns = eigenvectors, source, version
     STORE/mean.npy                  float32 (3, S, S) per-pixel mean of the train split, 0..255 scale
     STORE/report.json               every skipped file with its reason
-    STORE/<split>/shard-NNNNN.npy   raw uint8 (n, 3, S, S), RGB, read with pread (see ShardedImages)
+    STORE/<split>/shard-NNNNN.npy   raw uint8 (n, 3, S, S), RGB, read with pread (see _RawShard)
     STORE/<split>/shard-NNNNN.jpeg  or: an int64 .npy of n+1 byte offsets followed by n JPEG images
     STORE/<split>/labels.npy        int64 (N,)
     STORE/<split>/files.json        source name of each image
@@ -177,12 +177,6 @@ class _RawShard:
             with contextlib.suppress(Exception):  # at interpreter exit even `os` may be gone
                 os.close(fd)
 
-    def __getitem__(self, key: slice | np.ndarray) -> np.ndarray:
-        local = np.arange(self.count)[key] if isinstance(key, slice) else np.asarray(key, dtype=np.int64)
-        out = np.empty((len(local), 3, self.size, self.size), dtype=np.uint8)
-        self.read(local, out, np.arange(len(local)))
-        return out
-
     def read(self, local: np.ndarray, out: np.ndarray, where: np.ndarray) -> None:
         """Images ``local`` of this shard into ``out[where]``."""
         if not _PREAD:
@@ -335,13 +329,7 @@ class Store:
 
     def load_split(self, split: str) -> torch.Tensor:
         """Every image of `split` in memory as a uint8 tensor (N, 3, S, S)."""
-        images = self.images(split)
-        out = np.empty(images.shape, dtype=np.uint8)
-        for s, shard in enumerate(images.shards):
-            start, stop = int(images.starts[s]), int(images.starts[s + 1])
-            if stop > start:
-                out[start:stop] = shard[:]
-        return torch.from_numpy(out)
+        return torch.from_numpy(self.images(split)[:])  # each shard read straight into the one array
 
     @property
     def mean(self) -> np.ndarray:
