@@ -1,8 +1,20 @@
 """Typed config: presets, overrides, errors that list the valid keys, TOML round trip."""
 
+from dataclasses import replace
+
 import pytest
 
-from alexnet.config import Config, config_from_dict, list_presets, load_config, save_config, to_toml
+from alexnet.config import (
+    Config,
+    adopt_unset_keys,
+    config_from_dict,
+    config_to_dict,
+    list_presets,
+    load_config,
+    save_config,
+    to_toml,
+    upgrade_v1_config,
+)
 
 
 def test_defaults_are_the_papers():
@@ -11,7 +23,33 @@ def test_defaults_are_the_papers():
     assert (c.data.batch_size, c.data.crop, c.data.lighting_std, c.data.input_scale) == (128, 224, 0.1, 1.0)
     assert (c.schedule.kind, c.schedule.factor, c.schedule.max_drops) == ("plateau", 0.1, 3)
     assert (c.run.epochs, c.run.precision, c.model.init, c.model.dropout) == (90, "fp32", "paper", 0.5)
-    assert load_config("paper") == Config(data=c.data, schedule=c.schedule)
+    # the preset names the code's choices the printed paper leaves open; "auto" means the same for alexnet
+    model = replace(c.model, dropout_form="paper", lrn_alpha="over-n")
+    assert load_config("paper") == Config(model=model, optim=replace(c.optim, decay_biases=False),
+                                          data=c.data, schedule=c.schedule)
+
+
+def test_every_preset_decays_weights_only():
+    """cuda-convnet's weight decay touches weights, not biases; a config without the key decays both."""
+    assert all(not load_config(name).optim.decay_biases for name in list_presets())
+    assert Config().optim.decay_biases and Config().optim.bias_lr_scale == 1.0
+
+
+def test_a_version_1_config_reads_as_that_version_computed():
+    old = config_to_dict(Config())
+    for key in ("dropout_form", "lrn_alpha"):
+        del old["model"][key]
+    del old["optim"]["decay_biases"], old["optim"]["bias_lr_scale"]
+    c = config_from_dict(upgrade_v1_config(old))
+    assert (c.model.dropout_form, c.model.lrn_alpha, c.optim.decay_biases) == ("inverted", "printed", True)
+    caffe = upgrade_v1_config({**old, "model": {**old["model"], "name": "alexnet_caffe"}})
+    assert caffe["model"]["lrn_alpha"] == "auto"  # its constants held alpha / n already
+    # a run folder's config.toml from then lacks the keys: resuming takes them from the checkpoint
+    resumed = adopt_unset_keys(c, load_config(None, ["model.init=kaiming"]))
+    assert (resumed.model.dropout_form, resumed.model.lrn_alpha, resumed.model.init) == ("inverted", "printed",
+                                                                                         "kaiming")
+    # set explicitly, a key is kept (and the resume check then names the conflict)
+    assert adopt_unset_keys(c, load_config("paper")).model.dropout_form == "paper"
 
 
 def test_presets_load():

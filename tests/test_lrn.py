@@ -1,4 +1,5 @@
-"""LRN: the paper's formula (Section 3.3) at float64, both implementations, values and gradients."""
+"""LRN: the formula of Section 3.3 at float64, both implementations, values and gradients, both readings of
+alpha (the 2012 code's alpha / n, the default, and the printed alpha)."""
 
 import os
 import subprocess
@@ -9,8 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from alexnet.models.lrn import (
+    PAPER_LRN,
+    PRINTED_LRN,
     LocalResponseNorm,
     LRNMaxPool,
+    LRNParams,
     cpp_kernel_available,
     local_response_norm,
     lrn_max_pool,
@@ -20,8 +24,9 @@ from alexnet.models.lrn import (
 BACKENDS = ["torch", "cpp"]
 
 
-def formula(a: torch.Tensor, n=5, alpha=1e-4, beta=0.75, k=2.0) -> torch.Tensor:
-    """b_i = a_i / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a_j^2)^beta, channel by channel."""
+def formula(a: torch.Tensor, n=5, alpha=1e-4 / 5, beta=0.75, k=2.0) -> torch.Tensor:
+    """b_i = a_i / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a_j^2)^beta, channel by channel; by
+    default with the constants of the paper's network as cuda-convnet computed them (alpha 1e-4 / n)."""
     channels = a.shape[1]
     out = torch.empty_like(a)
     for i in range(channels):
@@ -55,12 +60,39 @@ def test_other_hyperparameters(backend):
     torch.testing.assert_close(got, formula(a, n=3, alpha=1e-3, beta=0.5, k=1.0), rtol=1e-12, atol=1e-12)
 
 
-def test_alpha_is_not_divided_by_n():
+def test_the_two_readings_of_alpha():
+    assert PAPER_LRN.multiplier == pytest.approx(2e-5) and PRINTED_LRN.multiplier == pytest.approx(1e-4)
+    assert LRNParams(size=9, alpha=1e-3).multiplier == pytest.approx(1e-3 / 9)
     a = activations(2, 16, 4, 4)
     ours = local_response_norm(a)
+    # torch's layer (and Caffe's) divide alpha by n as cuda-convnet did: the default is that computation
+    torch.testing.assert_close(ours, F.local_response_norm(a, 5, 1e-4, 0.75, 2.0), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(ours, torch_reference_lrn(a), rtol=1e-10, atol=1e-10)
-    # torch's layer with the paper's alpha divides it by n and so normalises much less.
-    assert not torch.allclose(ours, F.local_response_norm(a, 5, 1e-4, 0.75, 2.0), rtol=1e-3)
+    printed = local_response_norm(a, alpha=PRINTED_LRN.multiplier)
+    torch.testing.assert_close(printed, formula(a, alpha=1e-4), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(printed, torch_reference_lrn(a, PRINTED_LRN), rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(ours, printed, rtol=1e-3)  # five times the normalisation
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("params", [PAPER_LRN, PRINTED_LRN], ids=["over-n", "printed"])
+def test_paper_blocks_per_tower_match_float64_formula(backend, params):
+    """conv1's block as the paper's network runs it: ReLU, LRN within each of two towers, 3/2 max pooling;
+    the fused kernel ("cpp") and the fallback, values and gradients, against the formula with n 5, k 2,
+    beta 0.75 and alpha 1e-4 / 5 (or the printed 1e-4)."""
+    x = (torch.randn(2, 12, 9, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(11)) * 60)
+    x.requires_grad_()
+    g = torch.randn(2, 12, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(12))
+    a = torch.relu(x)
+    alpha = 1e-4 / 5 if params.divide_by_size else 1e-4
+    want = F.max_pool2d(torch.cat([formula(a[:, :6], alpha=alpha), formula(a[:, 6:], alpha=alpha)], 1), 3, 2)
+    block = LRNMaxPool(params, relu=True, groups=2)
+    got = lrn_max_pool(x, block.size, block.alpha, block.beta, block.k, relu=True, backend=backend, groups=2)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0],
+                               rtol=1e-10, atol=1e-12)
+    if backend == "cpp":
+        torch.testing.assert_close(block(x), want, rtol=1e-12, atol=1e-12)  # the module runs the kernel
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -169,8 +201,9 @@ def test_modules_and_argument_errors():
     x = activations(1, 8, 6, 6, dtype=torch.float32)
     torch.testing.assert_close(LocalResponseNorm()(x), local_response_norm(x))
     torch.testing.assert_close(LRNMaxPool()(x), lrn_max_pool(x))
+    torch.testing.assert_close(LocalResponseNorm(PRINTED_LRN)(x), local_response_norm(x, alpha=1e-4))
     with pytest.raises(ValueError, match="odd"):
-        LocalResponseNorm(size=4)
+        LocalResponseNorm(LRNParams(size=4))
     with pytest.raises(ValueError, match="backend"):
         local_response_norm(x, backend="fast")
     with pytest.raises(ValueError, match=r"\(N, C"):

@@ -127,14 +127,18 @@ def test_forward_features_are_fc7_after_relu(paper):
         feats = paper.forward_features(x)
         logits = paper(x)
     assert feats.shape == (2, 4096) and feats.min() >= 0
-    torch.testing.assert_close(paper.fc8(feats), logits)
+    torch.testing.assert_close(paper.fc8(0.5 * feats), logits)  # the paper's dropout halves at test time
 
 
-def test_dropout_is_on_fc6_and_fc7_only():
-    """Section 4.2: in training about half the outputs of fc6 and fc7 (after ReLU) are zeroed and the rest
-    doubled before the next layer; the conv features reach fc6 undropped."""
+@pytest.mark.parametrize("form", ["paper", "inverted"])
+def test_dropout_is_on_fc6_and_fc7_only(form):
+    """Section 4.2: in training about half the outputs of fc6 and fc7 (after ReLU) are zeroed before the next
+    layer, the rest passed unscaled (the paper's form; inverted: doubled); in evaluation all of them, halved
+    (inverted: unchanged). The conv features reach fc6 undropped."""
     torch.manual_seed(0)
-    model = create_model("alexnet", num_classes=10, init="kaiming")
+    kwargs = {} if form == "paper" else {"dropout_form": form}  # the paper's form is the default
+    model = create_model("alexnet", num_classes=10, init="kaiming", **kwargs)
+    kept_scale, eval_scale = (1.0, 0.5) if form == "paper" else (2.0, 1.0)
     seen = {}
 
     def keep(name):
@@ -149,6 +153,8 @@ def test_dropout_is_on_fc6_and_fc7_only():
         model.eval()
         model(x)
         fc6_eval = seen["fc6"]
+        for act, nxt in (("act6", "fc7"), ("act7", "fc8")):
+            torch.testing.assert_close(seen[nxt], eval_scale * seen[act])
         model.train()
         model(x)
     for h in hooks:
@@ -158,7 +164,7 @@ def test_dropout_is_on_fc6_and_fc7_only():
         dropped = (seen[nxt] == 0) & live
         assert 0.4 < dropped.sum() / live.sum() < 0.6, nxt
         kept = live & ~dropped
-        torch.testing.assert_close(seen[nxt][kept], 2 * seen[act][kept])
+        torch.testing.assert_close(seen[nxt][kept], kept_scale * seen[act][kept])
     assert torch.equal(seen["fc6"], fc6_eval)
     assert create_model("alexnet_nodropout").drop6.p == 0.0
 

@@ -20,7 +20,10 @@ Where Caffe's network differs from the paper's (and what ``alexnet_caffe`` does)
 
 * Input 227x227, conv1 unpadded (Caffe's ``crop_size: 227``); the paper's net here takes 224, padded by 2.
 * Caffe's LRN is x / (k + alpha/n * sum x^2)^beta with k = 1 and n = 5, alpha = 1e-4, beta = 0.75: alpha is
-  divided by n, and k is 1 where the paper has 2 (our LRNParams(size=5, alpha=1e-4/5, beta=0.75, k=1)).
+  divided by n as in cuda-convnet, and k is 1 where the paper has 2 (our LRNParams(size=5, alpha=1e-4,
+  beta=0.75, k=1)).
+* Caffe's dropout is inverted (kept units x2 in training, identity at test); the paper's multiplies by 0.5 at
+  test. The import keeps Caffe's (``model.dropout_form = "inverted"``), with which its weights were trained.
 * norm1 and norm2 normalise across all 96 / 256 maps: the window crosses the group boundary, where the
   paper's towers each normalise their own maps (``lrn_across_towers=True``; conv2, conv4, conv5 stay grouped).
 * Caffe's images are BGR. The import reverses conv1's input-channel axis, so the imported network takes RGB
@@ -285,7 +288,7 @@ def read_synset_words(path: str | os.PathLike, num_classes: int) -> tuple[list[s
 def caffe_config() -> Config:
     """The resolved config of an imported bvlc_alexnet: 227 crops of raw pixels minus the mean image."""
     return load_config(None, [
-        f"model.name={MODEL}", "model.num_classes=1000", f"model.input_size={CROP}", f"data.crop={CROP}",
+        f"model.name={MODEL}", "model.num_classes=1000", "model.dropout_form=inverted", f"model.input_size={CROP}", f"data.crop={CROP}",
         "data.normalize=mean_image", "data.input_scale=1.0",
     ])
 
@@ -301,7 +304,7 @@ def _check_architecture(layers: list[CaffeLayer], path: Path) -> None:
             f"conv2 norm2 pool2 conv3 conv4 conv5 pool5 fc6 fc7 fc8 ({MODEL} is that network only; "
             "bvlc_reference_caffenet pools before it normalises)"
         )
-    expected = {"local_size": CAFFE_LRN.size, "alpha": CAFFE_LRN.alpha * CAFFE_LRN.size, "beta": CAFFE_LRN.beta,
+    expected = {"local_size": CAFFE_LRN.size, "alpha": CAFFE_LRN.alpha, "beta": CAFFE_LRN.beta,
                 "norm_region": 0, "k": CAFFE_LRN.k}
     for layer in layers:
         differ = {k: v for k, v in (layer.lrn or {}).items() if not math.isclose(v, expected[k], rel_tol=1e-6)}

@@ -26,12 +26,21 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
-from alexnet.config import Config, config_from_dict, config_to_dict
+from alexnet.config import Config, config_from_dict, config_to_dict, upgrade_v1_config
 from alexnet.errors import CheckpointError
 from alexnet.fsutil import atomic_write
 
-# The layout of `TrainingState` as saved. Version 1 is every checkpoint this package has written so far.
-FORMAT = "alexnet-checkpoint-1"
+# The layout of `TrainingState` as saved. Version 2 added the config keys model.dropout_form, model.lrn_alpha,
+# optim.decay_biases and optim.bias_lr_scale; a version-1 checkpoint reads with the values that reproduce
+# what it computed (`alexnet.config.upgrade_v1_config`): inverted dropout, alpha undivided, biases decayed.
+FORMAT = "alexnet-checkpoint-2"
+FORMAT_V1 = "alexnet-checkpoint-1"
+
+
+def read_config(data: dict, fmt: str | None, source: str) -> Config:
+    """The Config a checkpoint or an export of format `fmt` recorded (None: an export from before exports
+    named their format, i.e. version 1)."""
+    return config_from_dict(data if fmt == FORMAT else upgrade_v1_config(data), source)
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
@@ -153,7 +162,7 @@ class TrainingState:
                 f"{source} is not a training checkpoint of this package (it has no format key; it holds "
                 f"{', '.join(sorted(map(str, data))[:6])}); pass a latest.pt or best.pt from a run folder"
             )
-        if fmt != FORMAT:
+        if fmt not in (FORMAT, FORMAT_V1):
             raise CheckpointError(
                 f"{source} is a checkpoint of format {fmt!r}, which this version of alexnet (reads {FORMAT!r}) "
                 "does not know; load it with the version that wrote it, or upgrade alexnet"
@@ -168,7 +177,7 @@ class TrainingState:
                 f"{sorted(unknown)}"
             )
         values = {k: v for k, v in data.items() if k != "format"}
-        values["config"] = config_from_dict(values["config"], source)
+        values["config"] = read_config(values["config"], fmt, source)
         values["mean"] = values["mean"].float()
         return cls(**values)
 

@@ -45,6 +45,10 @@ class ModelConfig:
     `num_classes` left unset is taken from the store the run trains on; set, it must match it.
     `name` and `init` are checked against the model registry when the network is built
     (`alexnet.models.build.check_model_config`), which this torch-free module does not import.
+
+    `dropout_form` and `lrn_alpha` choose between the printed paper and the code that trained it
+    ("auto": the model's own, which for the paper's network is the paper's dropout, kept units unscaled and
+    x0.5 at test, and cuda-convnet's alpha / n; see `alexnet.models.registry`).
     """
 
     name: str = "alexnet"
@@ -52,6 +56,8 @@ class ModelConfig:
     input_size: int = 224
     init: str = "paper"
     dropout: float = 0.5
+    dropout_form: str = "auto"  # "paper" | "inverted" | "auto"
+    lrn_alpha: str = "auto"  # "over-n" | "printed" | "auto"
 
     def __post_init__(self) -> None:
         if self.num_classes is not None:
@@ -59,6 +65,8 @@ class ModelConfig:
         _positive("model.input_size", self.input_size)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout = {self.dropout!r} must be in [0, 1)")
+        _choice("model.dropout_form", self.dropout_form, ("auto", "paper", "inverted"))
+        _choice("model.lrn_alpha", self.lrn_alpha, ("auto", "over-n", "printed"))
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,10 @@ class DataConfig(AugmentConfig):
 class OptimConfig:
     """Section 5: SGD with the paper's update rule ("paper") or torch.optim.SGD ("sgd").
 
+    `decay_biases`: whether weight decay also applies to the biases. cuda-convnet applied its `wc` to
+    weights only, so every preset sets it false; a config without the key decays them (as this package did
+    before it had the choice). `bias_lr_scale` multiplies the biases' learning rate: the paper gives every
+    layer one rate (1.0); cuda-convnet2's layer files give biases twice the weights' (2.0).
     `label_smoothing` is not the paper's (0 keeps its plain cross-entropy).
     """
 
@@ -117,12 +129,15 @@ class OptimConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 0.0005
+    decay_biases: bool = True
+    bias_lr_scale: float = 1.0
     label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         _choice("optim.kind", self.kind, ("paper", "sgd"))
         _positive("optim.lr", self.lr)
         _positive("optim.weight_decay", self.weight_decay, allow_zero=True)
+        _positive("optim.bias_lr_scale", self.bias_lr_scale)
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"optim.momentum = {self.momentum!r} must be in [0, 1)")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -388,6 +403,10 @@ RESUME_FIXED = (
     "model.input_size",
     "model.init",
     "model.dropout",
+    "model.dropout_form",
+    "model.lrn_alpha",
+    "optim.decay_biases",
+    "optim.bias_lr_scale",
     "data.store",
     "run.seed",
     "run.model_parallel",
@@ -400,6 +419,40 @@ RESUME_FIXED = (
     "data.normalize",
     "data.input_scale",
 )
+
+
+# Keys a config of checkpoint format 1 (and an export written then) did not have, with the values that
+# reproduce what that version computed: inverted dropout, biases decayed, and alpha undivided except in
+# the models whose constants already held alpha / n (Caffe's, cuda-convnet's conv-local files).
+_ALPHA_DIVIDED_BEFORE_V2 = ("alexnet_caffe", "cifar_convlocal", "cifar_convlocal_lrn")
+
+
+def upgrade_v1_config(data: dict) -> dict:
+    """A config dict as format 1 saved it -> the same run in today's keys (new keys set to the old
+    behaviour; keys it has are kept)."""
+    model = dict(data.get("model", {}))
+    optim = dict(data.get("optim", {}))
+    name = model.get("name", ModelConfig.name)
+    model.setdefault("dropout_form", "inverted")
+    model.setdefault("lrn_alpha", "auto" if name in _ALPHA_DIVIDED_BEFORE_V2 else "printed")
+    optim.setdefault("decay_biases", True)
+    optim.setdefault("bias_lr_scale", 1.0)
+    return {**data, "model": model, "optim": optim}
+
+
+def adopt_unset_keys(saved: Config, config: Config) -> Config:
+    """`config` with the keys format 2 added taken from `saved` wherever `config` leaves them at their
+    defaults: a run folder's config.toml written before those keys existed lacks them, and resuming
+    with it must continue the run as it was trained."""
+    defaults = Config()
+    changes: dict[str, dict] = {}
+    for dotted in ("model.dropout_form", "model.lrn_alpha", "optim.decay_biases", "optim.bias_lr_scale"):
+        section, key = dotted.split(".")
+        if get_value(config, dotted) == get_value(defaults, dotted):
+            changes.setdefault(section, {})[key] = get_value(saved, dotted)
+    return dataclasses.replace(config, **{
+        section: dataclasses.replace(getattr(config, section), **values) for section, values in changes.items()
+    })
 
 
 def get_value(config: Config, dotted: str) -> object:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alexnet.checkpoint import save_weights
+from alexnet.checkpoint import FORMAT, save_weights
 from alexnet.config import config_to_dict
 from alexnet.fsutil import atomic_write
 from alexnet.models.build import Trained, load_trained
@@ -25,6 +25,7 @@ from alexnet.models.build import Trained, load_trained
 
 def _metadata(loaded: Trained, out: Path) -> dict[str, str]:
     return {
+        "format": FORMAT,
         "input_mean_file": mean_path(out).name,
         "model": loaded.config.model.name,
         "classes": json.dumps(loaded.classes),

@@ -63,12 +63,26 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list:
-    """What the optimiser trains: the model's own groups when it defines ``optimizer_groups(weight_decay)``
-    (per-layer weight decay, a bias learning-rate factor), else every parameter at `weight_decay`."""
+def parameter_groups(model: torch.nn.Module, weight_decay: float, decay_biases: bool = True,
+                     bias_lr_scale: float = 1.0) -> list:
+    """What the optimiser trains.
+
+    The model's own groups when it defines ``optimizer_groups(weight_decay)`` (per-layer weight decay and a
+    bias rate from a layer-params file). Otherwise every parameter at `weight_decay` in one group, unless
+    biases are set apart: `decay_biases` False gives them no weight decay (cuda-convnet's `wc` decays
+    weights only), `bias_lr_scale` multiplies their learning rate (``lr_scale``, applied by `set_lr`).
+    """
     if hasattr(model, "optimizer_groups"):
         return model.optimizer_groups(weight_decay)
-    return list(model.parameters())
+    if decay_biases and bias_lr_scale == 1.0:
+        return list(model.parameters())  # one group, as checkpoints written before the choice existed hold
+    named = list(model.named_parameters())
+    biases = [p for name, p in named if name.endswith("bias")]
+    weights = [p for name, p in named if not name.endswith("bias")]
+    return [
+        {"params": weights, "weight_decay": weight_decay},
+        {"params": biases, "weight_decay": weight_decay if decay_biases else 0.0, "lr_scale": bias_lr_scale},
+    ]
 
 
 class Schedule:

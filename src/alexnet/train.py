@@ -28,7 +28,7 @@ from torch import nn
 
 from alexnet.budget import Control, describe_plan, make_plan
 from alexnet.checkpoint import TrainingState
-from alexnet.config import Config, RunConfig, resume_conflicts, save_config
+from alexnet.config import Config, RunConfig, adopt_unset_keys, resume_conflicts, save_config
 from alexnet.data.augment import Augmenter
 from alexnet.data.loader import EvalBatches, TrainBatches
 from alexnet.data.store import Store
@@ -126,7 +126,7 @@ def _fit(config: Config, paths: RunPaths, resume: bool, pretrained, progress: bo
         torch.set_num_threads(config.run.threads)
     store = Store.open(resolve_store(config.data.store))
     config = config.with_num_classes(store.num_classes, f"store {store.root}")
-    state = _resume_state(paths, config, resume, info)
+    state, config = _resume_state(paths, config, resume, info)
     run = _build(config, info, store, state, pretrained)
     pos = _position(state, info, paths)
     now = clock()
@@ -232,16 +232,19 @@ def _time_validation(run: Run, clock: Callable[[], float], batches: int = 2) -> 
     return (clock() - t0) / timed * len(run.eval_batches)
 
 
-def _resume_state(paths: RunPaths, config: Config, resume: bool, info: DistInfo) -> TrainingState | None:
-    """The checkpoint to continue from, after checking that `config` continues the same run."""
+def _resume_state(paths: RunPaths, config: Config, resume: bool,
+                  info: DistInfo) -> tuple[TrainingState | None, Config]:
+    """The checkpoint to continue from, after checking that `config` continues the same run, and the config
+    with the keys it leaves at their defaults that the checkpoint sets (`adopt_unset_keys`)."""
     if not paths.latest.exists():
-        return None
+        return None, config
     if not resume:
         raise FileExistsError(
             f"{paths.root} already holds a run ({paths.latest}); pass --resume to continue it "
             "or choose another --run-dir"
         )
     state = TrainingState.load(paths.latest)
+    config = adopt_unset_keys(state.config, config)
     changed = resume_conflicts(state.config, config)
     if changed:
         raise ValueError(
@@ -255,7 +258,7 @@ def _resume_state(paths: RunPaths, config: Config, resume: bool, info: DistInfo)
             f"{paths.latest} was written by {len(state.rng)} processes; resume with the same number "
             f"(got {info.world_size}) so every process gets its random state back"
         )
-    return state
+    return state, config
 
 
 def _build(config: Config, info: DistInfo, store: Store, state: TrainingState | None, pretrained) -> Run:
@@ -280,7 +283,8 @@ def _build(config: Config, info: DistInfo, store: Store, state: TrainingState | 
                   f"fresh for {config.model.num_classes} classes", flush=True)
     model, raw = place_model(model, config.run, info)
     o = config.optim
-    optimizer = build_optimizer(parameter_groups(raw, o.weight_decay), o.kind, o.lr, o.momentum, o.weight_decay)
+    groups = parameter_groups(raw, o.weight_decay, o.decay_biases, o.bias_lr_scale)
+    optimizer = build_optimizer(groups, o.kind, o.lr, o.momentum, o.weight_decay)
     steps = len(train_batches)
     planned = state.plan["total_steps"] if state is not None and state.plan else 0
     schedule = build_schedule(config.schedule, o.lr, steps, planned or config.run.epochs * steps)

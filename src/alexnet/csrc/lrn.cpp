@@ -2,7 +2,8 @@
 //
 //   b_i = a_i / (k + alpha * sum_{j=max(0,i-n/2)}^{min(C-1,i+n/2)} a_j^2)^beta
 //
-// alpha is NOT divided by n (the paper's formula, unlike torch.nn.LocalResponseNorm and Caffe).
+// alpha is the multiplier of the window's sum as given: the caller has divided it by n where its reading
+// of the constants says so (LRNParams.multiplier in lrn.py).
 // Optionally a = max(x, 0) is applied on the fly (the ReLU that precedes LRN in the paper), which saves
 // one full pass over the activations in each direction.
 //

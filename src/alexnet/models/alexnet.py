@@ -11,18 +11,25 @@ Choices the paper leaves open, and what we do:
 
 * Input size. The paper says 224x224, but 224 with an 11x11 stride-4 kernel gives 55x55 only with
   cuda-convnet's output-size arithmetic. We pad conv1 by 2 at 224 (55x55, the default) and by 0 at 227.
-* Test-time dropout. The paper multiplies the outputs by 0.5 at test time; PyTorch's inverted dropout
-  scales by 2 at training time instead. The two are equivalent in expectation.
+* Dropout. The paper's form (Section 4.2): kept units unscaled in training, every output times 0.5 at
+  test (``dropout_form="paper"``, cuda-convnet2's ``dropout2``). PyTorch's inverted dropout (x2 in
+  training, identity at test) is the same function at test time but trains a different network: the layer
+  after it starts at twice the standard deviation and learns at four times the rate, which kills fc7
+  under the paper's initialisation. ``dropout_form="inverted"`` keeps it as a choice (alexnet_caffe uses it,
+  as Caffe did).
+* LRN's alpha. The paper prints alpha = 1e-4 in front of the sum of squares; the 2012 code divides it by
+  n = 5 first (see :mod:`alexnet.models.lrn`). We follow the code (``lrn_params=PAPER_LRN``);
+  ``PRINTED_LRN`` reads the formula literally.
 * Response normalisation within a tower. Section 3.3 sums over "adjacent kernel maps"; on the paper's
   two GPUs each GPU normalised its own 48 (conv1) or 128 (conv2) maps (cuda-convnet's per-GPU rnorm
   layers), so the window never reaches across the tower boundary. We do the same (``towers=2``); the
   single-tower variants normalise across all maps, and so does ``lrn_across_towers=True`` (Caffe's
   bvlc_alexnet, whose norm1 and norm2 see both towers' maps while conv2, conv4 and conv5 stay grouped).
 * Initialisation. ``init="paper"`` is Section 5 exactly: N(0, 0.01) weights, biases 1 in conv2, conv4,
-  conv5, fc6, fc7 (and the extra conv6), 0 elsewhere. ``"cuda-convnet"`` is the 2012 code's std 0.03 for
-  conv3-conv5 (and conv6). ``"kaiming"`` (He et al. 2015, fan-in, zero biases) is not the paper's; it is the
-  way out when the paper's initialisation leaves the loss at ln(num_classes), and it wants input of about
-  unit variance (scale the mean-subtracted pixels down, see the data config's ``input_scale``).
+  conv5, fc6, fc7 (and the extra conv6), 0 elsewhere. ``"cuda-convnet"`` is std 0.03 for conv3-conv5 (and
+  conv6), as in cuda-convnet2's ImageNet layer files (2014; the 2012 files were not published).
+  ``"kaiming"`` (He et al. 2015, fan-in, zero biases) is not the paper's; it wants input of about unit
+  variance (scale the mean-subtracted pixels down, see the data config's ``input_scale``).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import torch
 from torch import nn
 
 from alexnet.models.conv import TowerConv2d
+from alexnet.models.dropout import DROPOUT_FORMS, dropout_layer
 from alexnet.models.lrn import PAPER_LRN, LocalResponseNorm, LRNMaxPool, LRNParams
 
 INITS = ("paper", "cuda-convnet", "kaiming")
@@ -84,6 +92,7 @@ class AlexNetConfig:
     pool_kernel: int = 3  # z
     pool_stride: int = 2  # s; z = s = 2 is the non-overlapping ablation
     dropout: float = 0.5
+    dropout_form: str = "paper"  # "paper": unscaled in training, x(1 - p) at test; "inverted": torch's
     init: str = "paper"
     extra_conv: ConvSpec | None = None  # a sixth conv layer over the last pooling layer ("1 CNN*")
 
@@ -94,6 +103,8 @@ class AlexNetConfig:
             raise ValueError(f"init {self.init!r}: expected one of {INITS}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout {self.dropout}: expected a probability in [0, 1)")
+        if self.dropout_form not in DROPOUT_FORMS:
+            raise ValueError(f"dropout_form {self.dropout_form!r}: expected one of {DROPOUT_FORMS}")
         if self.towers not in (1, 2):
             raise ValueError(f"towers {self.towers}: expected 1 or 2")
         if self.num_classes < 1:
@@ -130,8 +141,7 @@ class AlexNet(nn.Module):
         self.blocks: list[str] = []
         in_channels = 3
         specs = cfg.convs + ((cfg.extra_conv,) if cfg.extra_conv is not None else ())
-        p = cfg.lrn_params
-        lrn = (p.size, p.alpha, p.beta, p.k)
+        lrn = cfg.lrn_params
         lrn_groups = 1 if cfg.lrn_across_towers else cfg.towers
         for spec in specs:
             # conv1's towers both read the image; on the CPU its weight gradient is faster per tower.
@@ -142,11 +152,11 @@ class AlexNet(nn.Module):
             setattr(self, spec.name, conv)
             layers: list[nn.Module] = [] if fuse_relu and spec.lrn and cfg.lrn else [act()]
             if spec.lrn and cfg.lrn and spec.pool:
-                layers.append(LRNMaxPool(*lrn, relu=fuse_relu, pool_kernel=cfg.pool_kernel,
+                layers.append(LRNMaxPool(lrn, relu=fuse_relu, pool_kernel=cfg.pool_kernel,
                                          pool_stride=cfg.pool_stride, groups=lrn_groups))
             else:
                 if spec.lrn and cfg.lrn:
-                    layers.append(LocalResponseNorm(*lrn, relu=fuse_relu, groups=lrn_groups))
+                    layers.append(LocalResponseNorm(lrn, relu=fuse_relu, groups=lrn_groups))
                 if spec.pool:
                     layers.append(nn.MaxPool2d(cfg.pool_kernel, cfg.pool_stride))
             setattr(self, f"{spec.name}_post", nn.Sequential(*layers))
@@ -157,7 +167,8 @@ class AlexNet(nn.Module):
         self.fc7 = nn.Linear(cfg.fc_width, cfg.fc_width)
         self.fc8 = nn.Linear(cfg.fc_width, cfg.num_classes)
         self.act6, self.act7 = act(), act()
-        self.drop6, self.drop7 = nn.Dropout(cfg.dropout), nn.Dropout(cfg.dropout)
+        self.drop6 = dropout_layer(cfg.dropout, cfg.dropout_form)
+        self.drop7 = dropout_layer(cfg.dropout, cfg.dropout_form)
         init_weights(self, cfg.init)
 
     def conv_features(self, x: torch.Tensor) -> torch.Tensor:

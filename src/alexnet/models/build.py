@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from alexnet.checkpoint import TrainingState, load_weights
-from alexnet.config import Config, ModelConfig, config_from_dict
+from alexnet.checkpoint import TrainingState, load_weights, read_config
+from alexnet.config import Config, ModelConfig
 from alexnet.data.augment import Augmenter
 from alexnet.errors import CheckpointError
 from alexnet.models.alexnet import INITS
@@ -38,7 +38,8 @@ def build_model(m: ModelConfig) -> nn.Module:
     check_model_config(m)
     if m.num_classes is None:
         raise ValueError("model.num_classes is not resolved: take it from the store (Config.with_num_classes)")
-    overrides: dict = {"input_size": m.input_size, "dropout": m.dropout}
+    overrides: dict = {"input_size": m.input_size, "dropout": m.dropout, "dropout_form": m.dropout_form,
+                       "lrn_alpha": m.lrn_alpha}
     if m.init != "paper":  # only the paper family takes an init; its default is "paper"
         overrides["init"] = m.init
     return create_model(m.name, m.num_classes, **overrides)
@@ -66,7 +67,7 @@ def read_trained_config(path: str | os.PathLike) -> Config:
     metadata = load_weights(path)[1]
     if "config" not in metadata:
         raise CheckpointError(f"{path} carries no training config in its metadata (not written by alexnet export)")
-    return config_from_dict(json.loads(metadata["config"]), str(path))
+    return read_config(json.loads(metadata["config"]), metadata.get("format"), str(path))
 
 
 def finetune_config(config: Config, checkpoint: str | os.PathLike, model_overrides: dict | None = None) -> Config:

@@ -1,9 +1,19 @@
-"""Local response normalisation exactly as Section 3.3 of the paper, with a fast CPU kernel.
+"""Local response normalisation (Section 3.3) as the paper's network computed it, with a fast CPU kernel.
+
+The paper prints
 
     b_i = a_i / (k + alpha * sum_{j = max(0, i - n/2)}^{min(N - 1, i + n/2)} a_j^2) ^ beta
 
-with k = 2, n = 5, alpha = 1e-4, beta = 0.75. Unlike ``torch.nn.LocalResponseNorm`` (and Caffe), alpha is
-*not* divided by n: torch's layer matches the paper only with ``alpha=5e-4``.
+with k = 2, n = 5, alpha = 1e-4, beta = 0.75. The code that trained the paper's network (cuda-convnet, and
+cuda-convnet2 after it) divides the configured scale by the window before it uses it, so the network
+behind the paper's numbers multiplied the sum of squares by 1e-4 / 5 = 2e-5; Caffe's LRN layer and
+``torch.nn.LocalResponseNorm`` divide the same way. :class:`LRNParams` names which reading a layer uses
+(``divide_by_size``) and hands the kernels one number, the multiplier of the sum (:attr:`LRNParams.multiplier`):
+``PAPER_LRN`` is the 2012 code's reading (the default of the paper's network), ``PRINTED_LRN`` the printed
+formula read literally (five times the normalisation; ``model.lrn_scale = "printed"``).
+
+The functions below (:func:`local_response_norm`, :func:`lrn_max_pool`) take that multiplier as ``alpha``;
+the modules take an :class:`LRNParams`.
 
 Two implementations give the same numbers:
 
@@ -37,16 +47,35 @@ from torch import nn
 
 @dataclass(frozen=True)
 class LRNParams:
-    """The constants of the normalisation: window ``size`` (n), ``alpha``, ``beta`` and ``k``."""
+    """The constants of the normalisation and how ``alpha`` is read.
+
+    ``size`` (n), ``alpha`` (the configured scale), ``beta`` and ``k`` as in Section 3.3. With
+    ``divide_by_size`` (cuda-convnet's, Caffe's and torch's reading) the sum of squares is multiplied by
+    ``alpha / size``; without it (the printed formula read literally) by ``alpha``.
+    """
 
     size: int = 5
     alpha: float = 1e-4
     beta: float = 0.75
     k: float = 2.0
+    divide_by_size: bool = True
+
+    @property
+    def multiplier(self) -> float:
+        """What the sum of squares is multiplied by: the kernels' ``alpha``."""
+        return self.alpha / self.size if self.divide_by_size else self.alpha
+
+    def describe(self) -> str:
+        reading = f"{self.alpha:g} / {self.size}" if self.divide_by_size else f"{self.alpha:g}"
+        return f"n={self.size}, alpha={reading}, beta={self.beta:g}, k={self.k:g}"
 
 
-# Section 3.3: "k = 2, n = 5, alpha = 10^-4, and beta = 0.75". Every default below refers to this one value.
+# Section 3.3's "k = 2, n = 5, alpha = 10^-4, and beta = 0.75", with alpha divided by n as the 2012 code did.
 PAPER_LRN = LRNParams()
+# The same constants read as printed: the sum of squares times 1e-4, five times the code's normalisation.
+PRINTED_LRN = LRNParams(divide_by_size=False)
+# `model.lrn_scale` -> the paper network's reading
+LRN_SCALES = {"cuda-convnet": PAPER_LRN, "printed": PRINTED_LRN}
 
 _SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "lrn.cpp"
 
@@ -196,14 +225,17 @@ class _CppLRN(torch.autograd.Function):
 def local_response_norm(
     x: torch.Tensor,
     size: int = PAPER_LRN.size,
-    alpha: float = PAPER_LRN.alpha,
+    alpha: float = PAPER_LRN.multiplier,
     beta: float = PAPER_LRN.beta,
     k: float = PAPER_LRN.k,
     relu: bool = False,
     backend: str = "auto",
     groups: int = 1,
 ) -> torch.Tensor:
-    """The paper's LRN over channels of a (N, C, ...) tensor; ``relu=True`` applies max(x, 0) first.
+    """The LRN over channels of a (N, C, ...) tensor; ``relu=True`` applies max(x, 0) first.
+
+    ``alpha`` multiplies the window's sum of squares as given (the default is the paper network's
+    1e-4 / 5; pass ``LRNParams.multiplier`` for another reading).
 
     ``backend``: "auto" (C++ kernel on CPU when it builds, else PyTorch), "cpp" or "torch".
     ``groups``: the channels form this many towers, each normalised on its own (the window never crosses).
@@ -294,7 +326,7 @@ def _check_args(x: torch.Tensor, size: int) -> None:
 def lrn_max_pool(
     x: torch.Tensor,
     size: int = PAPER_LRN.size,
-    alpha: float = PAPER_LRN.alpha,
+    alpha: float = PAPER_LRN.multiplier,
     beta: float = PAPER_LRN.beta,
     k: float = PAPER_LRN.k,
     relu: bool = True,
@@ -305,7 +337,7 @@ def lrn_max_pool(
 ) -> torch.Tensor:
     """[ReLU ->] LRN -> max pooling (Sections 3.3-3.4), fused on the CPU; equals the three layers in turn.
 
-    ``groups`` as in :func:`local_response_norm`.
+    ``alpha`` and ``groups`` as in :func:`local_response_norm`.
     """
     _check_args(x, size)
     if groups != 1:
@@ -317,25 +349,21 @@ def lrn_max_pool(
     return F.max_pool2d(y, pool_kernel, pool_stride)
 
 
-
 class LocalResponseNorm(nn.Module):
-    """Section 3.3's response normalisation; defaults are the paper's (n=5, alpha=1e-4, beta=0.75, k=2).
+    """Section 3.3's response normalisation; the default is the paper network's (n 5, alpha 1e-4 / 5, beta
+    0.75, k 2).
 
     Args:
-        size: n, the number of adjacent channels summed (odd).
-        alpha: scale of the sum of squares, *not* divided by ``size``.
-        beta: exponent of the denominator.
-        k: additive constant of the denominator.
+        params: the constants and the reading of alpha (:class:`LRNParams`).
         relu: apply ReLU to the input first (fused; equal to ``nn.ReLU`` followed by this layer).
         groups: number of towers the channels are split into; each is normalised on its own.
     """
 
-    def __init__(self, size: int = PAPER_LRN.size, alpha: float = PAPER_LRN.alpha,
-                 beta: float = PAPER_LRN.beta, k: float = PAPER_LRN.k,
-                 relu: bool = False, groups: int = 1) -> None:
+    def __init__(self, params: LRNParams = PAPER_LRN, relu: bool = False, groups: int = 1) -> None:
         super().__init__()
-        _check_size(size)
-        self.size, self.alpha, self.beta, self.k, self.relu, self.groups = size, alpha, beta, k, relu, groups
+        _check_size(params.size)
+        self.params, self.relu, self.groups = params, relu, groups
+        self.size, self.alpha, self.beta, self.k = params.size, params.multiplier, params.beta, params.k
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.relu, groups=self.groups)
@@ -343,27 +371,27 @@ class LocalResponseNorm(nn.Module):
     def extra_repr(self) -> str:
         relu = ", relu=True" if self.relu else ""
         groups = f", groups={self.groups}" if self.groups != 1 else ""
-        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}{relu}{groups}"
+        return f"{self.params.describe()}{relu}{groups}"
 
 
 def torch_reference_lrn(x: torch.Tensor, p: LRNParams = PAPER_LRN) -> torch.Tensor:
-    """torch.nn.functional's LRN set to the paper's formula (alpha multiplied by n): for comparisons."""
-    return F.local_response_norm(x, p.size, p.alpha * p.size, p.beta, p.k)
+    """torch.nn.functional's LRN (which divides its alpha by n) set to `p`: for comparisons."""
+    return F.local_response_norm(x, p.size, p.multiplier * p.size, p.beta, p.k)
 
 
 class LRNMaxPool(nn.Module):
-    """ReLU (optional), the paper's LRN and overlapping max pooling as one layer: the conv1/conv2 blocks.
+    """ReLU (optional), the LRN and overlapping max pooling as one layer: the conv1/conv2 blocks.
 
     Numerically the same as ``nn.ReLU``, :class:`LocalResponseNorm` and ``nn.MaxPool2d`` in turn; on the CPU
     one fused kernel does all three without materialising the normalised maps.
     """
 
-    def __init__(self, size: int = PAPER_LRN.size, alpha: float = PAPER_LRN.alpha,
-                 beta: float = PAPER_LRN.beta, k: float = PAPER_LRN.k,
-                 relu: bool = True, pool_kernel: int = 3, pool_stride: int = 2, groups: int = 1) -> None:
+    def __init__(self, params: LRNParams = PAPER_LRN, relu: bool = True, pool_kernel: int = 3,
+                 pool_stride: int = 2, groups: int = 1) -> None:
         super().__init__()
-        _check_size(size)
-        self.size, self.alpha, self.beta, self.k, self.relu = size, alpha, beta, k, relu
+        _check_size(params.size)
+        self.params, self.relu = params, relu
+        self.size, self.alpha, self.beta, self.k = params.size, params.multiplier, params.beta, params.k
         self.pool_kernel, self.pool_stride, self.groups = pool_kernel, pool_stride, groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -371,5 +399,5 @@ class LRNMaxPool(nn.Module):
                             self.pool_stride, groups=self.groups)
 
     def extra_repr(self) -> str:
-        return (f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, relu={self.relu}, "
-                f"pool={self.pool_kernel}/{self.pool_stride}, groups={self.groups}")
+        return (f"{self.params.describe()}, relu={self.relu}, pool={self.pool_kernel}/{self.pool_stride}, "
+                f"groups={self.groups}")

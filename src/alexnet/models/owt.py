@@ -11,9 +11,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from alexnet.models.dropout import dropout_layer
+
 
 class AlexNetOWT(nn.Module):
-    def __init__(self, num_classes: int = 1000, dropout: float = 0.5) -> None:
+    """torchvision's module tree; ``dropout_form`` "inverted" (torchvision's, the form its weights were
+    trained with) or "paper" (`alexnet.models.dropout`)."""
+
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.5, dropout_form: str = "inverted") -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
@@ -32,10 +37,10 @@ class AlexNetOWT(nn.Module):
         )
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         self.classifier = nn.Sequential(
-            nn.Dropout(p=dropout),
+            dropout_layer(dropout, dropout_form),
             nn.Linear(256 * 6 * 6, 4096),
             nn.ReLU(inplace=True),
-            nn.Dropout(p=dropout),
+            dropout_layer(dropout, dropout_form),
             nn.Linear(4096, 4096),
             nn.ReLU(inplace=True),
             nn.Linear(4096, num_classes),

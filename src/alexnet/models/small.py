@@ -5,8 +5,9 @@ reports that response normalisation takes "a four-layer CNN" from 13 % to 11 % t
 neither net's layers. ``cifar_relu``, ``cifar_tanh`` and ``cifar_lrn`` use the cuda-convnet CIFAR-10 layout
 of that period (three 5x5 conv layers of 32, 32 and 64 kernels, each followed by 3/2 max pooling, then one
 fully connected layer: four weight layers), with the activation and normalisation switchable and PyTorch's
-default initialisation. Their LRN is the paper's cross-map formula with a window of 3; cuda-convnet's
-layers-18pct.cfg normalises *within* each map (a 3x3 spatial window) instead.
+default initialisation. Their LRN is the paper's cross-map formula with a window of 3 (alpha 1e-4 divided by
+the window, k 2, beta 0.75); cuda-convnet's layers-18pct.cfg normalises *within* each map (a 3x3 spatial
+window) instead.
 
 ``cifar_fig1_relu`` and ``cifar_fig1_tanh`` follow cuda-convnet's ``layers-19pct.cfg`` layer by layer (the
 18pct file without its two spatial normalisation layers), the net the Figure 1 experiment
@@ -21,7 +22,7 @@ its two cross-map normalisation layers: for 24x24 crops, conv1 (64 5x5, padding 
 -> [cmrnorm], conv2 (64 5x5, padding 2) -> ReLU -> [cmrnorm] -> 3/2 max pool, two locally connected layers
 (64 then 32 unshared 3x3 filters, padding 1, on the 6x6 maps; `alexnet.models.local`) each with ReLU, then
 fc10. cuda-convnet's ``cmrnorm`` with size 9 and scale 0.001 divides by (1 + 0.001 / 9 * sum of squares
-over 9 adjacent maps) ^ 0.75: our formula with n = 9, alpha = 0.001 / 9, k = 1, beta = 0.75. Weights
+over 9 adjacent maps) ^ 0.75: ``LRNParams(size=9, alpha=0.001, beta=0.75, k=1)``, alpha divided by n. Weights
 N(0, initW) with the file's initW (1e-4, 0.01, 0.04, 0.04, 0.01), biases 0. Its layer-params file gives each
 layer its own weight decay (0 for the conv layers, 0.004 for the local ones, 0.01 for fc10) and biases
 twice the weights' learning rate: ``optimizer_groups`` hands the optimiser those per-layer settings.
@@ -35,8 +36,9 @@ import torch
 from torch import nn
 
 from alexnet.models.alexnet import ACTIVATIONS
+from alexnet.models.dropout import dropout_layer
 from alexnet.models.local import LocallyConnected2d
-from alexnet.models.lrn import LocalResponseNorm
+from alexnet.models.lrn import LocalResponseNorm, LRNParams
 
 POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 # cuda-convnet's layers-18pct.cfg / layers-19pct.cfg: initW of conv1, conv2, conv3, fc10
@@ -48,7 +50,9 @@ CONVLOCAL_DECAY = {"conv1": 0.0, "conv2": 0.0, "local3": 1.0, "local4": 1.0, "fc
 CONVLOCAL_WEIGHT_DECAY = 0.004
 CONVLOCAL_BIAS_LR = 2.0  # epsB = 2 epsW
 # cuda-convnet's cmrnorm, size 9, scale 0.001 (divided by the size), pow 0.75, and 1 + ...
-CONVLOCAL_LRN = {"size": 9, "alpha": 0.001 / 9, "beta": 0.75, "k": 1.0}
+CONVLOCAL_LRN = LRNParams(size=9, alpha=0.001, beta=0.75, k=1.0)
+# cifar_lrn's cross-map LRN: the paper's constants over a window of 3
+CIFAR_LRN = LRNParams(size=3)
 
 
 class CifarNet(nn.Module):
@@ -57,8 +61,10 @@ class CifarNet(nn.Module):
     Args:
         num_classes: outputs of fc4.
         activation: "relu" or "tanh", after every conv layer.
-        lrn: cross-map response normalisation (window 3) after each conv layer's activation.
+        lrn: cross-map response normalisation after each conv layer's activation.
+        lrn_params: its constants (window 3, the paper's alpha, beta and k by default).
         dropout: before fc4.
+        dropout_form: "paper" or "inverted" (`alexnet.models.dropout`).
         pools: the pooling after conv1, conv2, conv3 ("max" or "avg"), each 3x3 with stride 2.
         pool_ceil: cuda-convnet's pooling geometry (windows at 0, 2, ..., the last one clipped at the
             border) instead of windows centred by a padding of 1; both give 16, 8, 4.
@@ -68,7 +74,8 @@ class CifarNet(nn.Module):
 
     def __init__(self, num_classes: int = 10, activation: str = "relu", lrn: bool = False,
                  dropout: float = 0.0, pools: Sequence[str] = ("max", "max", "max"), pool_ceil: bool = False,
-                 init_std: Sequence[float] | None = None) -> None:
+                 init_std: Sequence[float] | None = None, lrn_params: LRNParams = CIFAR_LRN,
+                 dropout_form: str = "paper") -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r}: expected one of {sorted(ACTIVATIONS)}")
@@ -79,13 +86,13 @@ class CifarNet(nn.Module):
         def block(cin: int, cout: int, pool: str) -> nn.Sequential:
             layers: list[nn.Module] = [nn.Conv2d(cin, cout, 5, padding=2), act()]
             if lrn:
-                layers.append(LocalResponseNorm(size=3))
+                layers.append(LocalResponseNorm(lrn_params))
             layers.append(POOLS[pool](3, 2, ceil_mode=True) if pool_ceil else POOLS[pool](3, 2, padding=1))
             return nn.Sequential(*layers)
 
         self.conv1, self.conv2, self.conv3 = (block(3, 32, pools[0]), block(32, 32, pools[1]),
                                               block(32, 64, pools[2]))  # 16, 8, 4
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout_layer(dropout, dropout_form)
         self.fc4 = nn.Linear(64 * 4 * 4, num_classes)
         if init_std is not None:
             self._init_normal(init_std)
@@ -114,14 +121,16 @@ class ConvLocalNet(nn.Module):
         lrn: the file's two cross-map normalisation layers (False: the same net without them).
         dropout: before fc10 (the file has none).
         input_size: the crop (24 in the file); the locally connected layers are sized for it.
+        lrn_params: the normalisation's constants (the file's by default).
+        dropout_form: "paper" or "inverted" (`alexnet.models.dropout`).
     """
 
     def __init__(self, num_classes: int = 10, lrn: bool = True, dropout: float = 0.0,
-                 input_size: int = 24) -> None:
+                 input_size: int = 24, lrn_params: LRNParams = CONVLOCAL_LRN, dropout_form: str = "paper") -> None:
         super().__init__()
 
         def norm() -> list[nn.Module]:
-            return [LocalResponseNorm(**CONVLOCAL_LRN)] if lrn else []
+            return [LocalResponseNorm(lrn_params)] if lrn else []
 
         def pool() -> nn.MaxPool2d:
             return nn.MaxPool2d(3, 2, ceil_mode=True)  # cuda-convnet's geometry: windows from 0, last clipped
@@ -135,7 +144,7 @@ class ConvLocalNet(nn.Module):
         side = -(-(side - 3) // 2) + 1
         self.local3 = LocallyConnected2d(64, 64, (side, side), 3, padding=1)
         self.local4 = LocallyConnected2d(64, 32, (side, side), 3, padding=1)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout_layer(dropout, dropout_form)
         self.fc10 = nn.Linear(32 * side * side, num_classes)
         for name, std in CONVLOCAL_INIT.items():
             layer = getattr(self, name)
