@@ -11,7 +11,7 @@ from PIL import Image
 from alexnet.data.store import Store
 from alexnet.evaluate import ensemble_probs, evaluate_checkpoints, predict_files
 from alexnet.models import create_model
-from alexnet.models.build import load_trained
+from alexnet.models.build import build_model, load_trained
 from helpers_train import CLASSES, alexnet_cmd, make_store, save_trained, tiny_config
 
 # More than five classes, so that top-5 is not every image's hit (with k = min(5, classes)).
@@ -30,7 +30,7 @@ def setup(tmp_path_factory):
     paths, models = [], []
     for seed in (0, 1):
         torch.manual_seed(seed)
-        model = create_model("cifar_relu", num_classes=len(SEVEN)).eval()
+        model = build_model(config.model).eval()  # as the checkpoint's config builds it (dropout 0.5 halves)
         path = tmp / f"model{seed}.pt"
         save_trained(path, model, config, store.classes, store.class_names, torch.from_numpy(store.mean))
         paths.append(path)

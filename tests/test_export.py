@@ -1,15 +1,18 @@
 """Export: safetensors weights rebuild the network; the ONNX model computes what PyTorch computes."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from alexnet.checkpoint import load_checkpoint, load_weights
-from alexnet.config import load_config
+from alexnet.checkpoint import FORMAT, load_checkpoint, load_weights
+from alexnet.config import config_from_dict, load_config
 from alexnet.export import export
-from alexnet.models import create_model
+from alexnet.models.build import build_model
 from helpers_train import save_trained
 
 CLASSES = ["n01440764", "n02102040", "n02979186"]
@@ -27,7 +30,7 @@ def _checkpoint(tmp_path, name: str, input_size: int):
         ],
     )
     torch.manual_seed(0)
-    model = create_model(name, num_classes=3, input_size=input_size).eval()
+    model = build_model(config.model).eval()
     path = tmp_path / f"{name}.pt"
     names = ["tench", "English springer", "cassette player"]
     save_trained(path, model, config, CLASSES, names, torch.full((3, input_size + 4, input_size + 4), 100.0))
@@ -39,7 +42,8 @@ def test_safetensors_rebuilds_the_network(tmp_path):
     out = export(path, "safetensors")
     assert out == tmp_path / "cifar_relu.safetensors"
     weights, meta = load_weights(out)
-    rebuilt = create_model(meta["model"], num_classes=len(json.loads(meta["classes"])))
+    assert meta["format"] == FORMAT
+    rebuilt = build_model(config_from_dict(json.loads(meta["config"])).model)
     rebuilt.load_state_dict(weights)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -82,3 +86,20 @@ def test_exported_weights_load_as_a_trained_network(tmp_path):
     (tmp_path / "cifar_relu.mean.npy").unlink()
     with pytest.raises(Exception, match="mean image"):
         load_trained(tmp_path / "cifar_relu.safetensors")
+
+
+def test_onnx_export_without_the_onnx_package_is_one_line_naming_the_extra(tmp_path):
+    """With `onnx` not importable, `alexnet export --format onnx` exits 1 with one line naming the extra to
+    install, and writes nothing (before, it exited 70 as a bug and left NAME.mean.npy behind)."""
+    _, path = _checkpoint(tmp_path, "cifar_relu", 32)
+    hide = tmp_path / "hide" / "onnx"
+    hide.mkdir(parents=True)
+    (hide / "__init__.py").write_text("raise ImportError(\"No module named 'onnx'\")\n")
+    out = tmp_path / "out" / "model.onnx"
+    out.parent.mkdir()
+    result = subprocess.run([sys.executable, "-m", "alexnet", "export", str(path), "--format", "onnx", "--out",
+                             str(out)], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(hide.parent)})
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("\n") == 1 and "pip install 'alexnet[onnx]'" in result.stderr
+    assert list(out.parent.iterdir()) == []

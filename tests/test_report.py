@@ -7,6 +7,7 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 import time
 import urllib.request
 import webbrowser
@@ -133,7 +134,8 @@ def test_the_report_holds_every_section_escapes_strings_and_fetches_nothing(tmp_
     assert decoded == [(run / "curves.png").read_bytes(), (run / "analysis" / "kernels.png").read_bytes()]
 
 
-def test_an_empty_run_folder_says_what_is_missing(tmp_path):
+def test_a_run_folder_with_nothing_but_its_checkpoints_folder_says_what_is_missing(tmp_path):
+    (tmp_path / "checkpoints").mkdir()  # a run killed before its first epoch ended
     page = write_report(tmp_path, tmp_path / "out" / "page.html").read_text()
     for missing in ("config.toml is missing", "metrics.jsonl is missing", "curves.png is missing",
                     "environment.json is missing", "No analyses: analysis/ is missing", "not measured",
@@ -156,6 +158,16 @@ def test_a_1000_class_run_is_compared_with_the_paper(tmp_path):
     page = write_report(make_run(tmp_path, num_classes=1000)).read_text()
     assert "Not comparable" not in page
     assert "with 1000 classes, 3,925 validation images: comparable to the paper" in page
+
+
+def test_a_folder_that_is_not_a_run_is_a_one_line_error_and_writes_nothing(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a run")
+    result = subprocess.run([sys.executable, "-m", "alexnet", "report", str(tmp_path)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("\n") == 1 and "is not a run folder" in result.stderr
+    assert "config.toml" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
 def test_a_missing_run_folder_is_an_error(tmp_path):

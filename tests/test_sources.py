@@ -259,3 +259,36 @@ def test_labels_names_and_indices():
     assert labels.imagenet_index("cat") is None
     assert labels.class_names(["n01440764", "n03888257", "cat"]) == ["tench", "parachute", "cat"]
     assert Entry("train", "b", "1") < Entry("train", "b", "2") < Entry("val", "a", "0")
+
+
+@pytest.mark.parametrize("kind", ["folder", "zip", "tar", "tar.gz"])
+def test_tiny_imagenet_as_published_with_side_files_at_every_level(tmp_path, data_good_images, data_write_tree,
+                                                                    kind):
+    """A public copy of Tiny ImageNet: an unlabeled test/ split holding images/ and a .DS_Store, side files of
+    macOS and Windows at the top, in the splits and in class folders (and a zip's __MACOSX/ tree). It
+    prepares to its labelled classes only; no side file is a class, an entry or a note."""
+    rgb = data_good_images["rgb"]
+    tree = {
+        "tiny-imagenet-200/.DS_Store": b"\x00\x00\x00\x01Bud1",
+        "tiny-imagenet-200/Thumbs.db": b"thumbs",
+        "tiny-imagenet-200/train/.DS_Store": b"x",
+        "tiny-imagenet-200/train/n01443537/.DS_Store": b"x",
+        "tiny-imagenet-200/train/n01443537/images/n01443537_0.JPEG": rgb,
+        "tiny-imagenet-200/train/n01443537/images/._n01443537_0.JPEG": b"\x00\x05\x16\x07AppleDouble",
+        "tiny-imagenet-200/train/n01629819/images/n01629819_0.JPEG": rgb,
+        "tiny-imagenet-200/train/n01629819/desktop.ini": b"[.ShellClassInfo]",
+        "tiny-imagenet-200/val/.DS_Store": b"x",
+        "tiny-imagenet-200/val/images/val_0.JPEG": rgb,
+        "tiny-imagenet-200/val/val_annotations.txt": b"val_0.JPEG\tn01629819\t0\t0\t10\t10\n",
+        "tiny-imagenet-200/test/.DS_Store": b"x",
+        "tiny-imagenet-200/test/images/test_0.JPEG": rgb,
+        "__MACOSX/tiny-imagenet-200/._train": b"\x00\x05\x16\x07",
+        "__MACOSX/tiny-imagenet-200/train/n01443537/images/._n01443537_0.JPEG": b"\x00\x05\x16\x07",
+    }
+    dest = tmp_path / ("tiny" if kind == "folder" else f"tiny-imagenet-200.{kind}")
+    src = open_source(data_write_tree(tree, dest, kind))
+    assert src.classes == ["n01443537", "n01629819"]
+    assert [(e.split, e.label) for e in src.entries] == [("train", "n01443537"), ("train", "n01629819"),
+                                                          ("val", "n01629819")]
+    assert src.problems == [("test/images/", "unlabeled split (1 files, no class folders or annotations): "
+                                             "not stored")]

@@ -4,12 +4,15 @@ import json
 import signal
 import subprocess
 import time
+import tomllib
 
 import pytest
+import tomli_w
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from alexnet.checkpoint import load_checkpoint
+from alexnet.checkpoint import FORMAT, FORMAT_V1, load_checkpoint, save_checkpoint
+from alexnet.config import load_config
 from alexnet.models import create_model
 from alexnet.models.build import load_pretrained
 from alexnet.train import fit
@@ -117,6 +120,31 @@ def test_until_epoch_pauses_and_the_resumed_run_is_the_uninterrupted_one(store, 
     for k, v in ref["model"].items():
         assert torch.equal(v, got["model"][k]), k
     assert [m["lr"] for m in ref["metrics"]] == [m["lr"] for m in got["metrics"]]
+
+
+def test_a_format_1_run_resumes_as_it_was_trained(store, tmp_path):
+    """A run folder written by checkpoint format 1 (its checkpoint and config.toml without the keys format 2
+    added) resumes with inverted dropout and decayed biases, as it was trained: it ends as the run that had
+    them all along. With today's defaults in their place (the paper's dropout) it would train differently."""
+    old = ("model.dropout_form=inverted", "optim.decay_biases=true")
+    whole = fit(tiny_config(store, *old), tmp_path / "whole", progress=False)
+    run = tmp_path / "run"
+    fit(tiny_config(store, *old), run, progress=False, until_epoch=1)
+    state = load_checkpoint(run / "checkpoints" / "latest.pt")
+    for section, keys in (("model", ("dropout_form", "lrn_alpha")), ("optim", ("decay_biases", "bias_lr_scale"))):
+        for key in keys:
+            del state["config"][section][key]
+    save_checkpoint({**state, "format": FORMAT_V1}, run / "checkpoints" / "latest.pt")
+    saved = tomllib.loads((run / "config.toml").read_text())
+    del saved["model"]["dropout_form"], saved["optim"]["decay_biases"]
+    (run / "config.toml").write_text(tomli_w.dumps(saved))
+    final = fit(load_config(run / "config.toml"), run, resume=True, progress=False)
+    assert final["step"] == whole["step"]
+    ref = load_checkpoint(tmp_path / "whole" / "checkpoints" / "latest.pt")
+    got = load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert got["format"] == FORMAT and got["config"]["model"]["dropout_form"] == "inverted"
+    for k, v in ref["model"].items():
+        assert torch.equal(v, got["model"][k]), k
 
 
 @pytest.mark.parametrize(

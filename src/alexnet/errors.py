@@ -40,4 +40,23 @@ class NonFiniteLossError(AlexNetError, FloatingPointError):
         self.step = step
 
 
+class MissingExtra(AlexNetError, ImportError):
+    """An optional package a command needs is not installed; the message names the extra that brings it."""
+
+    def __init__(self, package: str, extra: str, what: str):
+        super().__init__(f"{what} needs the {package} package, which is not installed: "
+                         f"pip install 'alexnet[{extra}]' (nothing was written)")
+        self.package, self.extra = package, extra
+
+
+def require(module: str, extra: str, what: str):
+    """Import optional `module` or raise MissingExtra naming `extra`; returns the module."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtra(module, extra, what) from None
+
+
 USER_ERRORS = (AlexNetError, ValueError, OSError)

@@ -19,6 +19,7 @@ import torch
 
 from alexnet.checkpoint import FORMAT, save_weights
 from alexnet.config import config_to_dict
+from alexnet.errors import require
 from alexnet.fsutil import atomic_write
 from alexnet.models.build import Trained, load_trained
 
@@ -41,7 +42,7 @@ def export_safetensors(loaded: Trained, out: Path) -> Path:
 
 def export_onnx(loaded: Trained, out: Path, opset: int = 17) -> Path:
     """Trace the network in eval mode with a dynamic batch dimension (TorchScript-based exporter)."""
-    import onnx  # optional (the test extra): only this exporter needs it
+    onnx = require("onnx", "onnx", "ONNX export")
 
     crop = loaded.config.data.crop
     example = torch.zeros(1, 3, crop, crop)
@@ -81,7 +82,10 @@ def export(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike | Non
 
 def export_trained(loaded: Trained, fmt: str, out: Path) -> Path:
     """Write a network in memory (loaded from a checkpoint, or imported by `alexnet.caffe`) as `fmt`, with
-    its mean image beside it (`mean_path`); returns `out`."""
+    its mean image beside it (`mean_path`); returns `out`. A missing optional package fails before anything
+    is written."""
+    if fmt == "onnx":
+        require("onnx", "onnx", "ONNX export")
     atomic_write(mean_path(out), lambda f: np.save(f, loaded.mean.numpy().astype(np.float32)))
     return EXPORTERS[fmt](loaded, out)
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from PIL import Image
 
 from alexnet import __version__
+from alexnet.errors import DataError
 from alexnet.fsutil import atomic_write
 from alexnet.paths import resolve_store
 from alexnet.rundir import RunPaths
@@ -79,6 +80,10 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     if not run.is_dir():
         raise FileNotFoundError(f"run folder {run} does not exist or is not a folder; pass a folder that "
                                 "`alexnet train` or `alexnet demo` wrote")
+    paths = RunPaths(run)
+    if not any(p.exists() for p in (paths.config, paths.metrics, paths.checkpoints)):
+        raise DataError(f"{run} is not a run folder: it holds none of config.toml, metrics.jsonl and checkpoints/ "
+                        "that `alexnet train` and `alexnet demo` write; pass such a folder")
     page = render(run)
     path = Path(out) if out is not None else run / "report.html"
     path.parent.mkdir(parents=True, exist_ok=True)

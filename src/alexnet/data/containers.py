@@ -29,6 +29,19 @@ CIFAR_BATCHES = (
     "test_batch",
 )
 METADATA_SUFFIXES = (".txt", ".csv", ".mat")
+# What operating systems leave in folders and archives: Finder's .DS_Store and AppleDouble ._* files (and
+# the __MACOSX/ folder macOS zips carry them in), Windows' Thumbs.db and desktop.ini. Never data.
+_SIDE_FILE_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
+_SIDE_FOLDERS = {"__macosx"}
+
+
+def is_side_file(path: str) -> bool:
+    """Whether a relative POSIX path is an operating system's side file, or lies in a side folder."""
+    parts = PurePosixPath(path).parts
+    if any(p.lower() in _SIDE_FOLDERS for p in parts):
+        return True
+    name = parts[-1] if parts else ""
+    return name.lower() in _SIDE_FILE_NAMES or name.startswith("._")
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -237,6 +250,16 @@ class CifarBatches(Container):
 
 
 def open_container(path: Path) -> Container:
+    """The folder or archive at `path`, its operating-system side files (`is_side_file`) left out at every
+    level, so that no layout rule, class list or note ever sees them."""
+    container = _open(path)
+    container.files = {k: v for k, v in container.files.items() if not is_side_file(k)}
+    container.dirs = {d for d in container.dirs if not is_side_file(d)}
+    container.problems = [(p, why) for p, why in container.problems if not is_side_file(p)]
+    return container
+
+
+def _open(path: Path) -> Container:
     if path.is_dir():
         return _Folder(path)
     if zipfile.is_zipfile(path):
