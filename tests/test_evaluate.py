@@ -10,7 +10,6 @@ from PIL import Image
 
 from alexnet.data.store import Store
 from alexnet.evaluate import ensemble_probs, evaluate_checkpoints, predict_files
-from alexnet.models import create_model
 from alexnet.models.build import build_model, load_trained
 from helpers_train import CLASSES, alexnet_cmd, make_store, save_trained, tiny_config
 

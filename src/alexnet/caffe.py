@@ -288,7 +288,8 @@ def read_synset_words(path: str | os.PathLike, num_classes: int) -> tuple[list[s
 def caffe_config() -> Config:
     """The resolved config of an imported bvlc_alexnet: 227 crops of raw pixels minus the mean image."""
     return load_config(None, [
-        f"model.name={MODEL}", "model.num_classes=1000", "model.dropout_form=inverted", f"model.input_size={CROP}", f"data.crop={CROP}",
+        f"model.name={MODEL}", "model.num_classes=1000", "model.dropout_form=inverted",
+        f"model.input_size={CROP}", f"data.crop={CROP}",
         "data.normalize=mean_image", "data.input_scale=1.0",
     ])
 
