@@ -248,9 +248,13 @@ def test_nonsense_command_lines_print_usage_and_exit_2(argv):
     assert out.returncode == 2 and "usage: alexnet" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("every", [1, 10])
 def test_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(
-    store, tmp_path, monkeypatch
+    store, tmp_path, monkeypatch, every
 ):
+    """The loop reads the loss back only now and then (engine.SYNC_EVERY), but always before a checkpoint:
+    saving every step, the last checkpoint is step 6's; saving every 10 steps, the NaN of step 7 is found
+    when step 10's checkpoint is due, and none is written."""
     import alexnet.models.build
 
     create = alexnet.models.build.create_model
@@ -274,7 +278,10 @@ def test_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_c
     monkeypatch.setattr(alexnet.models.build, "create_model", lambda *a, **k: Poisoned(create(*a, **k)))
     run = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at step 6 \(epoch 1, batch 6\)"):
-        fit(tiny_config(store, *EVERY_STEP), run, progress=False)
+        fit(tiny_config(store, *EVERY_STEP, f"run.checkpoint_every_steps={every}"), run, progress=False)
+    if every == 10:
+        assert not (run / "checkpoints" / "latest.pt").exists()
+        return
     state = load_checkpoint(run / "checkpoints" / "latest.pt")
     assert state["step"] == 6  # the last good step's checkpoint, not overwritten
     assert all(torch.isfinite(v).all() for v in state["model"].values())

@@ -61,18 +61,28 @@ def plan_total_steps(seconds_left: float, step: int, steps_per_epoch: int, costs
 
 @dataclass
 class StepTimer:
-    """Times the training steps from step PLAN_SKIP_STEPS (of the run, or after a resume) on."""
+    """Times the training steps from step PLAN_SKIP_STEPS (of the run, or after a resume) on.
+
+    `sync` waits for the device at the two ends of the window: the loop does not wait for it every step, so
+    on a GPU the clock alone would time the host's queueing of the steps.
+    """
 
     clock: Callable[[], float]
+    sync: Callable[[], None] = lambda: None
     mark: tuple[int, float] | None = None
 
     def seconds_per_step(self, step: int) -> float | None:
         """After optimizer step `step`: the measured seconds a step once enough steps were timed, else None."""
         if self.mark is None:
-            self.mark = (step, self.clock()) if step >= PLAN_SKIP_STEPS else None
+            if step >= PLAN_SKIP_STEPS:
+                self.sync()
+                self.mark = (step, self.clock())
             return None
         timed = step - self.mark[0]
-        return (self.clock() - self.mark[1]) / timed if timed >= PLAN_AT_STEP - PLAN_SKIP_STEPS else None
+        if timed < PLAN_AT_STEP - PLAN_SKIP_STEPS:
+            return None
+        self.sync()
+        return (self.clock() - self.mark[1]) / timed
 
 
 def make_plan(run: RunConfig, step: int, elapsed_s: float, steps_per_epoch: int, step_s: float, eval_s: float,
@@ -108,10 +118,11 @@ class Control:
     started: float  # the clock's reading at which the run's time was zero (earlier, for a resumed run)
     last_save: float
     status: str = "finished"  # becomes "interrupted" (a signal) or "budget" (time or steps ran out)
+    device_sync: Callable[[], None] = lambda: None  # waits for the training device (the step timer's ends)
     timer: StepTimer = field(init=False)  # times the first steps for a budget plan
 
     def __post_init__(self) -> None:
-        self.timer = StepTimer(self.clock)
+        self.timer = StepTimer(self.clock, self.device_sync)
 
     @property
     def stopping(self) -> bool:

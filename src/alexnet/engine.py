@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -24,18 +25,72 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
     return contextlib.nullcontext()
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on `device` (a no-op on the CPU, which runs each operation as it is called)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# The loop reads its numbers back from the device (loss, errors, the non-finite check) only every this many
+# steps, at the epoch's end and before a checkpoint: each read waits for the device to finish, which costs a
+# GPU most where a step is short. The progress bar's loss is at most this many steps old.
+SYNC_EVERY = 20
+
+
 @dataclass
 class EpochStats:
-    """Running sums of one epoch on this process (checkpointed, so a resumed epoch reports all of it)."""
+    """Running sums of one epoch on this process (checkpointed, so a resumed epoch reports all of it).
+
+    The loss and error sums of the latest steps stay on the device until `sync` folds them in; `sync` also
+    raises NonFiniteLossError for the first step whose loss was NaN or infinite on any process. Reading the
+    sums for a checkpoint (`state_dict`) syncs first, so no checkpoint is written after a non-finite loss.
+    """
 
     loss_sum: float = 0.0
     errors: int = 0
     images: int = 0
     steps: int = 0
     seconds: float = 0.0
+    _pending: torch.Tensor | None = field(default=None, repr=False, compare=False)  # loss sum, errors
+    _first_bad: torch.Tensor | None = field(default=None, repr=False, compare=False)  # step, loss (NaN: none)
+    _where: dict[int, tuple[int, int]] = field(default_factory=dict, repr=False, compare=False)
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, step: int, epoch: int,
+            batch: int) -> None:
+        """Count one step (the run's optimizer step `step`, at `batch` of `epoch`) without waiting for the
+        device."""
+        n = labels.shape[0]
+        loss = loss.detach().double()
+        sums = torch.stack([loss * n, (logits.detach().argmax(1) != labels).sum().double()])
+        self._pending = sums if self._pending is None else self._pending + sums
+        if self._first_bad is None:
+            self._first_bad = torch.full((2,), math.nan, dtype=torch.float64, device=loss.device)
+        here = torch.stack([torch.full_like(loss, step), loss])
+        self._first_bad = torch.where(~torch.isfinite(loss) & self._first_bad[0].isnan(), here, self._first_bad)
+        self._where[step] = (epoch, batch)
+        self.images += n
+        self.steps += 1
+
+    def sync(self) -> None:
+        """Fold the device sums in (one read from the device); raise NonFiniteLossError for the earliest step
+        whose loss was not finite on any process."""
+        if self._pending is None:
+            return
+        own = self._first_bad
+        earliest = all_reduce_max(-torch.where(own[0].isnan(), torch.inf, own[0]).view(1))  # -(earliest step)
+        loss_sum, errors, neg_step, own_step, own_loss = torch.cat([self._pending, earliest, own]).tolist()
+        where = self._where
+        self._pending, self._first_bad, self._where = None, None, {}
+        self.loss_sum += loss_sum
+        self.errors += int(errors)
+        if not math.isinf(neg_step):
+            step = int(-neg_step)
+            epoch, batch = where[step]
+            raise NonFiniteLossError(step, epoch, batch, own_loss if own_step == step else math.nan)
 
     def state_dict(self) -> dict:
-        return asdict(self)
+        self.sync()
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
 
 
 def progress_bar(total: int, initial: int, desc: str, enabled: bool) -> tqdm:
@@ -51,75 +106,90 @@ def progress_bar(total: int, initial: int, desc: str, enabled: bool) -> tqdm:
     )
 
 
+@dataclass
+class TrainStep:
+    """One step of Section 5's SGD: set the rate, forward under the run's precision, loss, backward, update.
+
+    ``lr_at(step)`` gives the rate of optimizer step ``step``; ``autocast`` is the run's one precision
+    context (`autocast_context`); ``channels_last`` feeds the network NHWC batches.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_at: Callable[[int], float]
+    autocast: contextlib.AbstractContextManager | None = None
+    channels_last: bool = False
+    label_smoothing: float = 0.0
+
+    def __call__(self, step: int, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train on one augmented batch; returns the loss and the logits, left on the device."""
+        set_lr(self.optimizer, self.lr_at(step))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.autocast or contextlib.nullcontext():
+            logits = self.model(x)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss, logits
+
+
+@dataclass
+class EpochData:
+    """One epoch's batches: (batch index, uint8 images, labels) from the loader, how to augment one
+    (``augment(images, batch_index)``), and where in the epoch they start."""
+
+    epoch: int
+    batches: Iterable[tuple[int, torch.Tensor, torch.Tensor]]
+    augment: Callable[[torch.Tensor, int], torch.Tensor]
+    total: int  # batches in a whole epoch
+    start_batch: int = 0
+
+
 def train_one_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batches: Iterable[tuple[int, torch.Tensor, torch.Tensor]],
-    augment: Callable[[torch.Tensor, int], torch.Tensor],
-    *,
-    epoch: int,
-    step: int,
-    lr_at: Callable[[int], float],
+    train_step: TrainStep,
+    data: EpochData,
     stats: EpochStats,
-    total: int,
-    start_batch: int = 0,
-    autocast: contextlib.AbstractContextManager | None = None,
-    channels_last: bool = False,
-    label_smoothing: float = 0.0,
-    world_size: int = 1,
+    step: int,
     should_stop: Callable[[int, int], bool] | None = None,
     progress: bool = True,
+    world_size: int = 1,
 ) -> tuple[int, bool]:
-    """Train on `batches` ((batch index, uint8 images, labels) from the loader) until they run out.
+    """Train on `data` until its batches run out, counting into `stats`; `step` is the run's step count.
 
-    Each step sets the rate `lr_at(step)`, augments the uint8 batch with `augment(images, batch_index)`,
-    and checks the loss before the update: a NaN or infinite loss on any process raises
-    NonFiniteLossError naming the step, with the weights as they were. After each update
-    `should_stop(step, next_batch_index)` is asked whether to end the epoch early (budgets, signals).
+    After each update `should_stop(step, next_batch_index)` is asked whether to end the epoch early (budgets,
+    signals; it syncs `stats` itself before it saves). The loss and error counts are read back from the
+    device only every SYNC_EVERY steps and at the end, where a NaN or infinite loss on any process raises
+    NonFiniteLossError naming its step; the checkpoint on disk then predates it.
 
     Returns (the step count after the last update, whether should_stop ended the epoch).
-    `stats` accumulates this process's loss sum, top-1 errors, images and time.
     """
-    model.train()
-    ctx = autocast or contextlib.nullcontext()
-    bar = progress_bar(total, start_batch, f"epoch {epoch + 1}", progress)
+    train_step.model.train()
+    bar = progress_bar(data.total, data.start_batch, f"epoch {data.epoch + 1}", progress)
     stopped = False
     tick = time.perf_counter()
     try:
-        for batch_idx, images, labels in batches:
-            lr = lr_at(step)
-            set_lr(optimizer, lr)
-            x = augment(images, batch_idx)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with ctx:
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
-            bad = all_reduce_max((~torch.isfinite(loss.detach())).to(torch.int32).view(1))
-            if bad.item():
-                raise NonFiniteLossError(step, epoch, batch_idx, loss.item())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        for batch_idx, images, labels in data.batches:
+            loss, logits = train_step(step, data.augment(images, batch_idx), labels)
+            stats.add(loss, logits, labels, step, data.epoch, batch_idx)
             step += 1
-            n = labels.shape[0]
-            stats.loss_sum += loss.item() * n
-            stats.errors += int((logits.argmax(1) != labels).sum())
-            stats.images += n
-            stats.steps += 1
             now = time.perf_counter()
             stats.seconds += now - tick
             tick = now
             bar.update(1)
-            bar.set_postfix(
-                loss=f"{stats.loss_sum / stats.images:.3f}",
-                err=f"{stats.errors / stats.images:.3f}",
-                lr=f"{lr:.3g}",
-                img_s=f"{stats.images * world_size / max(stats.seconds, 1e-9):.1f}",
-            )
+            if stats.steps % SYNC_EVERY == 0:
+                stats.sync()
+                bar.set_postfix(
+                    loss=f"{stats.loss_sum / stats.images:.3f}",
+                    err=f"{stats.errors / stats.images:.3f}",
+                    lr=f"{train_step.lr_at(step - 1):.3g}",
+                    img_s=f"{stats.images * world_size / max(stats.seconds, 1e-9):.1f}",
+                )
             if should_stop is not None and should_stop(step, batch_idx + 1):
                 stopped = True
                 break
+        stats.sync()
     finally:
         bar.close()
     return step, stopped

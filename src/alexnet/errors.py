@@ -34,8 +34,8 @@ class NonFiniteLossError(AlexNetError, FloatingPointError):
     def __init__(self, step: int, epoch: int, batch: int, loss: float):
         super().__init__(
             f"non-finite loss ({loss}) at step {step} (epoch {epoch + 1}, batch {batch}); the run stopped "
-            "before updating the weights with it. Lower optim.lr, check the input scale "
-            "(data.input_scale) or use another model.init; the last checkpoint is untouched"
+            "before writing another checkpoint, so the last one predates it. Lower optim.lr, check the input "
+            "scale (data.input_scale) or use another model.init"
         )
         self.step = step
 

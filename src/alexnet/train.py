@@ -40,7 +40,17 @@ from alexnet.distributed import (
     cleanup,
     init_distributed,
 )
-from alexnet.engine import Counts, EpochStats, autocast_context, evaluate, predict, train_one_epoch
+from alexnet.engine import (
+    Counts,
+    EpochData,
+    EpochStats,
+    TrainStep,
+    autocast_context,
+    evaluate,
+    predict,
+    synchronize,
+    train_one_epoch,
+)
 from alexnet.fsutil import atomic_write, remove_temporaries
 from alexnet.info import environment
 from alexnet.model_parallel import place_model, single_state_dict
@@ -130,7 +140,8 @@ def _fit(config: Config, paths: RunPaths, resume: bool, pretrained, progress: bo
     run = _build(config, info, store, state, pretrained)
     pos = _position(state, info, paths)
     now = clock()
-    control = Control(config.run, StopSignal(), clock, now - (state.elapsed if state else 0.0), now)
+    control = Control(config.run, StopSignal(), clock, now - (state.elapsed if state else 0.0), now,
+                      device_sync=partial(synchronize, info.device))
     if info.is_main:
         paths.checkpoints.mkdir(parents=True, exist_ok=True)
         remove_temporaries(paths.root)  # left by a process killed mid-write
@@ -140,17 +151,16 @@ def _fit(config: Config, paths: RunPaths, resume: bool, pretrained, progress: bo
     forward = torch.compile(run.model) if config.run.compile else run.model
     eval_model = torch.compile(run.raw) if config.run.compile else run.raw
     autocast = autocast_context(info.device, config.run.precision)
+    train_step = TrainStep(forward, run.optimizer, run.schedule.lr, autocast, config.run.channels_last,
+                           config.optim.label_smoothing)
     with control.stopper.installed(), RunLogger(paths, pos.epoch, info.is_main) as logger:
         last = min(config.run.epochs, until_epoch) if until_epoch is not None else config.run.epochs
         while pos.epoch < last and not control.stopping:
-            pos.step, _ = train_one_epoch(
-                forward, run.optimizer, run.train_batches.epoch(pos.epoch, pos.batch),
-                partial(_augment, run, pos.epoch), epoch=pos.epoch, step=pos.step, lr_at=run.schedule.lr,
-                stats=pos.stats, total=run.steps_per_epoch, start_batch=pos.batch, autocast=autocast,
-                channels_last=config.run.channels_last, label_smoothing=config.optim.label_smoothing,
-                world_size=info.world_size, should_stop=partial(_after_step, run, pos, control, paths),
-                progress=progress and info.is_main,
-            )
+            data = EpochData(pos.epoch, run.train_batches.epoch(pos.epoch, pos.batch),
+                             partial(_augment, run, pos.epoch), run.steps_per_epoch, pos.batch)
+            pos.step, _ = train_one_epoch(train_step, data, pos.stats, pos.step,
+                                          should_stop=partial(_after_step, run, pos, control, paths),
+                                          progress=progress and info.is_main, world_size=info.world_size)
             if control.status == "interrupted":
                 break
             counts = None
