@@ -7,6 +7,7 @@ import math
 from dataclasses import replace
 
 import pytest
+import torch
 
 from alexnet.experiments import paper_recipe
 from alexnet.experiments.runner import Runner
@@ -33,13 +34,33 @@ def test_paper_recipe_end_to_end(tmp_path):
     store = make_store(tmp_path, n_train=6, n_val=3, size=36)
     budget = replace(paper_recipe.BUDGETS["smoke"], store=str(store))
     results = paper_recipe.run_experiment(Runner(tmp_path / "runs"), 1, budget, (f"data.store={store}", *TINY))
-    assert set(results["recipes"]) == {"paper", "cuda-convnet", "demo"}
+    assert set(results["recipes"]) == {"paper", "cuda-convnet", "paper-init", "demo"}
     assert results["classes"] == 4 and results["chance_loss"] == pytest.approx(math.log(4))
     for r in results["recipes"].values():
         assert len(r["runs"]) == 1 and len(r["runs"][0]["train_loss"]) == 2
         assert r["runs"][0]["val_top1_accuracy"][-1] is not None
+        assert r["runs"][0]["live_units"] == [{}, {}]  # counted after each epoch; the CIFAR net has no fc6, fc7
     assert results["config"]["paper"]["schedule"]["kind"] == "plateau"
+    assert results["config"]["paper-init"]["model"]["init"] == "paper"  # TINY's init, as for every recipe
     assert results["config"]["demo"]["schedule"]["kind"] == "linear"
     assert "paper:" in results["table"]["ours"] and "**reduced**" in results["table"]["setting"]
     paper_recipe.plot(results, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 5_000
+
+
+def test_live_units_counts_fc6_and_fc7_units_that_fire_on_any_input():
+    from alexnet.analysis.live import live_units, probe_indices
+    from alexnet.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("alexnet", num_classes=10, init="kaiming").train()
+    x = torch.randn(6, 3, 224, 224)
+    with torch.no_grad():
+        fc7 = model.act7(model.fc7(model.drop6(model.eval().act6(model.fc6(model.conv_features(x).flatten(1))))))
+    counts = live_units(model.train(), x, batch=4)
+    assert model.training  # its mode is given back
+    assert counts["fc7"] == int((fc7 > 0).any(0).sum()) and 0 < counts["fc7"] < 4096
+    with torch.no_grad():
+        model.fc7.bias.fill_(-1e6)  # every fc7 ReLU at 0 for every input: a dead layer
+    assert live_units(model, x) == {"fc6": counts["fc6"], "fc7": 0}
+    assert list(probe_indices(10, 4)) == [0, 3, 6, 9] and len(probe_indices(3925)) == 256

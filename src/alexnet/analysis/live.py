@@ -32,7 +32,7 @@ def probe_batch(store, augmenter: Augmenter, split: str = "val", count: int = PR
 @torch.no_grad()
 def live_units(model: nn.Module, inputs: torch.Tensor, batch: int = 64) -> dict[str, int]:
     """{"fc6": live units, "fc7": live units} of a paper-family network over `inputs`, in evaluation mode
-    (the model's mode is restored)."""
+    (the model's mode is restored); {} for a network without fc6 and fc7 (the CIFAR nets)."""
     was_training = model.training
     model.eval()
     seen: dict[str, torch.Tensor] = {}
@@ -43,7 +43,10 @@ def live_units(model: nn.Module, inputs: torch.Tensor, batch: int = 64) -> dict[
             seen[name] = live if name not in seen else seen[name] | live
         return hook
 
-    hooks = [model.act6.register_forward_hook(record("fc6")), model.act7.register_forward_hook(record("fc7"))]
+    layers = {"fc6": getattr(model, "act6", None), "fc7": getattr(model, "act7", None)}
+    if None in layers.values():
+        return {}
+    hooks = [act.register_forward_hook(record(name)) for name, act in layers.items()]
     try:
         for start in range(0, len(inputs), batch):
             model(inputs[start:start + batch])

@@ -112,14 +112,14 @@ class LiveUnitsPerEpoch:
 
     def __call__(self, metrics: Metrics) -> bool:
         counts = self.read()
-        if str(len(metrics)) not in counts:
-            counts[str(len(metrics))] = _count_live(self.path.parent, len(metrics))
+        if str(len(metrics)) not in counts and (self.path.parent / "checkpoints" / "latest.pt").is_file():
+            counts[str(len(metrics))] = _count_live(self.path.parent)
             text = json.dumps(counts, indent=1) + "\n"
             atomic_write(self.path, lambda f: f.write(text.encode()))
         return False
 
 
-def _count_live(run_dir: Path, epoch: int) -> dict[str, int]:
+def _count_live(run_dir: Path) -> dict[str, int]:
     import torch
 
     from alexnet.analysis.live import live_units, probe_batch
@@ -131,15 +131,19 @@ def _count_live(run_dir: Path, epoch: int) -> dict[str, int]:
     trained = load_trained(RunPaths(run_dir).latest)
     store = Store.open(resolve_store(trained.config.data.store))
     probe = probe_batch(store, trained.augmenter(torch.device("cpu")))
-    return {"epoch": epoch, **live_units(trained.model, probe)}
+    return live_units(trained.model, probe)
 
 
 def run_experiment(runner: Runner, seeds: int, budget: Budget, overrides: tuple[str, ...] = ()) -> dict:
     overrides = imagenette_overrides(budget, overrides)
-    outcomes = {recipe: [runner.run(RunSpec(f"{recipe}-seed{seed}", recipe,
-                                            base_config(recipe, seed, budget, overrides),
-                                            done=LiveUnitsPerEpoch(runner.root / f"{recipe}-seed{seed}")))
-                         for seed in range(seeds)] for recipe in RECIPES}
+    outcomes: dict[str, list[RunOutcome]] = {}
+    for recipe in RECIPES:
+        for seed in range(seeds):
+            key = f"{recipe}-seed{seed}"
+            live = LiveUnitsPerEpoch(runner.root / key)
+            outcome = runner.run(RunSpec(key, recipe, base_config(recipe, seed, budget, overrides), done=live))
+            live(outcome.metrics)  # the last epoch: the runner stops at the cap without asking the rule
+            outcomes.setdefault(recipe, []).append(outcome)
     return summarize(outcomes, budget, seeds, overrides)
 
 
@@ -215,7 +219,7 @@ def plot(results: dict, path: Path) -> None:
                         color=colours.get(recipe), ms=3, label=label)
             live = run.get("live_units") or []
             for layer, style in (("fc7", "o-"), ("fc6", "s:")):
-                ax_live.plot(epochs, [None if c is None else c[layer] for c in live], style, ms=3,
+                ax_live.plot(epochs, [None if c is None else c.get(layer) for c in live], style, ms=3,
                              color=colours.get(recipe), label=f"{recipe}: {layer}" if i == 0 else None)
     ax.axhline(results["chance_loss"], color="grey", ls=":", lw=0.8)
     ax.text(1, results["chance_loss"], f" ln {results['classes']} = {results['chance_loss']:.3f}", fontsize=8,
