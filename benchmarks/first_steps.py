@@ -103,7 +103,8 @@ def plot(results: dict, path: Path) -> None:
     ax_live.set(xlabel="step", ylabel="live units (of 4096)", title="fc6 / fc7 units alive on 256 val images")
     for a in (ax, ax_live):
         a.grid(alpha=0.3)
-        a.legend(fontsize=8)
+    ax.legend(fontsize=8)
+    ax_live.legend(fontsize=8, loc="center right")
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
