@@ -13,7 +13,7 @@ from alexnet.analysis.kernels import RANDOM_COLOUR_SHARE, colour_share, describe
 from alexnet.cli import main
 from alexnet.config import load_config
 from alexnet.models import create_model
-from alexnet.models.build import Trained
+from alexnet.models.build import TrainedNetwork
 from alexnet.train import fit
 from helpers_train import make_store, tiny_config
 
@@ -36,7 +36,7 @@ def test_the_paper_nets_two_towers_are_measured_and_drawn_apart(tmp_path):
         w[:48] = w[:48].mean(dim=1, keepdim=True)  # tower 1 sees luminance only
         w[48:] -= w[48:].mean(dim=1, keepdim=True)  # tower 2 sees colour differences only
     config = load_config("demo").with_num_classes(10, "test")
-    trained = Trained(model, config, [str(i) for i in range(10)], [str(i) for i in range(10)],
+    trained = TrainedNetwork(model, config, [str(i) for i in range(10)], [str(i) for i in range(10)],
                       torch.zeros(3, 256, 256), tmp_path / "x.pt")
     info = describe(trained)
     assert [b["kernels"] for b in info["towers"]] == [[0, 48], [48, 96]]

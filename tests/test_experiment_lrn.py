@@ -179,12 +179,14 @@ def test_the_nets_lrn_is_cuda_convnets_cmrnorm():
     torch.testing.assert_close(norm(x), ref, rtol=1e-12, atol=1e-12)
 
 
-def test_t975_rounds_down_to_the_wider_interval():
+def test_t975_is_students_quantile_for_any_degrees_of_freedom():
     from alexnet.experiments.runner import t975
 
-    assert t975(1) == 12.706 and t975(2.9) == 4.303 and t975(10) == 2.228
-    assert t975(11) == 2.228 and t975(25) == 2.086 and t975(1000) == 1.96
-    assert all(t975(d) >= t975(d + 1) for d in range(1, 130))
+    # the printed tables' values, and Welch's fractional degrees of freedom between them
+    assert t975(1) == pytest.approx(12.706, abs=1e-3) and t975(2) == pytest.approx(4.303, abs=1e-3)
+    assert t975(10) == pytest.approx(2.228, abs=1e-3) and t975(1000) == pytest.approx(1.962, abs=1e-3)
+    assert t975(2) > t975(2.5) > t975(3)
+    assert all(t975(d) > t975(d + 1) for d in range(1, 130))
 
 
 @pytest.mark.slow

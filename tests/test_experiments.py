@@ -60,14 +60,14 @@ class FakeRunner:
         self.log = print
 
     def run(self, spec: RunSpec) -> RunOutcome:
-        lr = spec.info["lr"]
+        lr = spec.facts["lr"]
         metrics = []
         for m in _records(self.curves[lr])[: spec.config.run.epochs]:
             metrics.append(m)
             if spec.done(metrics):
                 break
         self.runs.append((lr, len(metrics)))
-        return RunOutcome(spec.key, spec.variant, spec.config.run.seed, "finished", metrics, 1.0, "", spec.info)
+        return RunOutcome(spec.key, spec.variant, spec.config.run.seed, "finished", metrics, 1.0, "", spec.facts)
 
 
 def _budget(**changes) -> rvt.Budget:
@@ -83,7 +83,7 @@ def test_sweep_stops_losers_at_the_best_epochs_and_grows_the_grid_at_its_edge():
     # 0.002 reaches 25 % in epoch 3 and trains 1 more; 0.001 is cut at 3 epochs; 0.004 wins at the edge, so 0.008
     # is tried and cut at 2 (the new best, ceil(1.67)); 0.008 lost, so the grid stops growing (not at 0.016)
     assert runner.runs == [(0.002, 4), (0.001, 3), (0.004, 3), (0.008, 2)]
-    assert [o.info["lr"] for o in outcomes] == [0.002, 0.001, 0.004, 0.008]
+    assert [o.facts["lr"] for o in outcomes] == [0.002, 0.001, 0.004, 0.008]
 
 
 def test_sweep_without_any_run_reaching_chooses_the_lowest_last_error():

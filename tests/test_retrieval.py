@@ -205,12 +205,12 @@ def test_fc7_of_the_paper_net_is_its_last_hidden_layer_after_relu():
     from alexnet.analysis.features import fc7
     from alexnet.config import load_config
     from alexnet.models import create_model
-    from alexnet.models.build import Trained
+    from alexnet.models.build import TrainedNetwork
 
     torch.manual_seed(0)
     model = create_model("alexnet", num_classes=10, init="kaiming").eval()
     config = load_config("demo").with_num_classes(10, "test")
-    trained = Trained(model, config, [str(i) for i in range(10)], [str(i) for i in range(10)],
+    trained = TrainedNetwork(model, config, [str(i) for i in range(10)], [str(i) for i in range(10)],
                       torch.full((3, 256, 256), 110.0), Path("x.pt"))
     seen = []
     hook = model.act7.register_forward_hook(lambda m, i, o: seen.append(o.detach()))

@@ -323,13 +323,13 @@ def test_the_schedule_is_fed_the_validation_error_not_the_training_error():
         def lr(self, step):
             return 0.01
 
-    run = SimpleNamespace(schedule=Spy(), steps_per_epoch=4, info=SimpleNamespace(world_size=1))
+    run = SimpleNamespace(schedule=Spy(), steps_per_epoch=4, process=SimpleNamespace(world_size=1))
     pos = Position(batch=4, step=4, stats=EpochStats(loss_sum=4.0, errors=4, images=4, steps=4, seconds=1.0))
     counts = Counts(total=torch.tensor([2, 2]), top1=torch.tensor([1, 0]), top5=torch.tensor([2, 2]))
-    record, is_best = _end_epoch(run, pos, counts, wall=1.0, partial=False)
+    record, is_best = _end_epoch(run, pos, counts, wall=1.0, cut_short=False)
     assert record["train_error"] == 1.0 and record["val_top1_error"] == 0.75
     assert seen == [(0, 0.75)] and is_best and (pos.epoch, pos.batch) == (1, 0)
-    _end_epoch(run, Position(batch=2, step=2), counts, wall=1.0, partial=True)
+    _end_epoch(run, Position(batch=2, step=2), counts, wall=1.0, cut_short=True)
     assert seen == [(0, 0.75)]  # an epoch a budget cut short does not step the schedule
 
 

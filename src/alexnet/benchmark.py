@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
 import statistics
 import subprocess
@@ -42,6 +41,7 @@ from alexnet.info import environment
 from alexnet.models import create_model
 from alexnet.models.summary import summarize
 from alexnet.paths import resolve_source
+from alexnet.rundir import read_metrics
 from alexnet.seeding import batch_generator
 from alexnet.train import fit
 
@@ -270,7 +270,7 @@ class AnonPeak:
 def _overall_rate(metrics: Path) -> float:
     """Training images per second over every epoch record of a run (the steps span several epochs, and the
     last one may be partial): each record's images from its share of an epoch, its seconds from its rate."""
-    records = [r for r in map(json.loads, metrics.read_text().splitlines()) if r.get("images_per_s")]
+    records = [r for r in read_metrics(metrics)[0] if r.get("images_per_s")]
     epochs = [0.0] + [r["epoch"] for r in records]
     shares = [b - a for a, b in zip(epochs, epochs[1:], strict=False)]
     return sum(shares) / sum(share / r["images_per_s"] for share, r in zip(shares, records, strict=True))

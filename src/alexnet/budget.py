@@ -109,7 +109,7 @@ def describe_plan(plan: dict, steps_per_epoch: int) -> str:
 
 
 @dataclass
-class Control:
+class StopRules:
     """Why the loop stops (a signal, a budget) and when it saves (the checkpoint intervals)."""
 
     run: RunConfig

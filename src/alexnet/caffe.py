@@ -57,7 +57,7 @@ from alexnet.config import Config, load_config
 from alexnet.data.labels import class_names, imagenet_synsets
 from alexnet.errors import CheckpointError
 from alexnet.export import export_trained, mean_path
-from alexnet.models.build import Trained, build_model
+from alexnet.models.build import TrainedNetwork, build_model
 from alexnet.models.registry import CAFFE_LRN
 
 MODEL = "alexnet_caffe"
@@ -387,7 +387,7 @@ def import_caffe(
         model = build_model(config.model)
     state = _weights(layers, model.state_dict(), caffemodel)
     model.load_state_dict(state, assign=True)
-    export_trained(Trained(model.eval(), config, classes, names, rgb_mean, caffemodel), "safetensors", out)
+    export_trained(TrainedNetwork(model.eval(), config, classes, names, rgb_mean, caffemodel), "safetensors", out)
     return {
         "out": str(out),
         "mean": str(mean_path(out)),

@@ -18,6 +18,7 @@ from alexnet import __version__
 from alexnet.allocator import reexec_with_allocator
 from alexnet.config import Config, list_presets, load_config, parse_override, to_toml
 from alexnet.errors import USER_ERRORS
+from alexnet.rundir import RunPaths
 
 DESCRIPTION = """\
 AlexNet as Krizhevsky, Sutskever and Hinton published it (NIPS 2012): the two-tower network with
@@ -69,7 +70,7 @@ def _prepare(args: argparse.Namespace) -> int:
 def _config_from_args(args: argparse.Namespace) -> Config:
     config = args.config
     if config is None:
-        saved = Path(args.run_dir) / "config.toml" if args.run_dir else None
+        saved = RunPaths(Path(args.run_dir)).config if args.run_dir else None
         config = saved if args.resume and saved is not None and saved.is_file() else "paper"
     overrides = list(args.set)
     if args.data is not None:
@@ -289,7 +290,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _config_show(args: argparse.Namespace) -> int:
     source = args.source
-    run_config = Path(source) / "config.toml"
+    run_config = RunPaths(Path(source)).config
     config = load_config(run_config if run_config.is_file() else source, args.set)
     print(to_toml(config), end="")
     return 0

@@ -295,15 +295,15 @@ def config_from_dict(data: dict, source: str = "config") -> Config:
             raise ValueError(f"{source}: unknown section [{section}]; valid sections: {', '.join(SECTIONS)}")
         if not isinstance(values, dict):
             raise ValueError(f"{source}: [{section}] must be a table of keys, got {values!r}")
-        types = typing.get_type_hints(SECTIONS[section])
+        field_types = typing.get_type_hints(SECTIONS[section])
         kwargs = {}
         for key, value in values.items():
-            if key not in types:
+            if key not in field_types:
                 raise ValueError(
                     f"{source}: unknown key {section}.{key}; valid keys in [{section}]: "
                     + _valid_keys(section)
                 )
-            kwargs[key] = _coerce(f"{source}: {section}.{key}", value, types[key])
+            kwargs[key] = _coerce(f"{source}: {section}.{key}", value, field_types[key])
         sections[section] = SECTIONS[section](**kwargs)
     return Config(**sections)
 
@@ -328,18 +328,18 @@ def parse_override(item: str) -> tuple[str, str, object]:
         raise ValueError(
             f"override {item!r}: unknown section {section!r}; valid sections: {', '.join(SECTIONS)}"
         )
-    types = typing.get_type_hints(SECTIONS[section])
-    if key not in types:
+    field_types = typing.get_type_hints(SECTIONS[section])
+    if key not in field_types:
         raise ValueError(
             f"override {item!r}: unknown key {section}.{key}; valid keys: {_valid_keys(section)}"
         )
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
-        if types[key] is not str:
+        if field_types[key] is not str:
             raise ValueError(f"override {item!r}: {raw!r} is not a valid value for {section}.{key}") from None
         value = raw.strip()  # bare strings need no quotes on the command line
-    if types[key] is str and not isinstance(value, str):
+    if field_types[key] is str and not isinstance(value, str):
         value = raw.strip()  # e.g. --set data.store=123 names a store "123"
     return section, key, value
 

@@ -23,6 +23,7 @@ from alexnet.analysis.report import write_report
 from alexnet.config import load_config
 from alexnet.data.prepare import prepare_store
 from alexnet.evaluate import evaluate_checkpoints
+from alexnet.fsutil import write_json
 from alexnet.paths import cache_dir, resolve_source
 from alexnet.train import fit
 
@@ -116,7 +117,7 @@ def run_demo(run_dir: str | None = None, minutes: float = 15.0, as_json: bool = 
         "wall_s": wall,
         "stopped_by": summary["status"],
     }
-    (run / "demo.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(run / "demo.json", result)
     report = write_report(run)  # after demo.json, which it shows
     if as_json:
         print(json.dumps({**result, "run_dir": str(run), "checkpoint": summary["latest"], "report": str(report)},

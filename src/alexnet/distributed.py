@@ -109,6 +109,6 @@ def all_gather_objects(obj: object) -> list:
     return out
 
 
-def cleanup() -> None:
+def shutdown_distributed() -> None:
     if is_distributed():
         dist.destroy_process_group()

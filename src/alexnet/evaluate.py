@@ -18,14 +18,14 @@ import torch
 from alexnet.data.decode import load_images
 from alexnet.data.loader import EvalBatches
 from alexnet.data.store import Store
-from alexnet.distributed import cleanup, init_distributed, resolve_device
+from alexnet.distributed import init_distributed, resolve_device, shutdown_distributed
 from alexnet.engine import Counts, autocast_context, predict
-from alexnet.models.build import Trained, load_trained
+from alexnet.models.build import TrainedNetwork, load_trained
 from alexnet.paths import resolve_store
 
 
 def ensemble_probs(
-    models: list[Trained],
+    models: list[TrainedNetwork],
     batches,
     device: torch.device,
     ten_crop: bool = False,
@@ -49,7 +49,7 @@ def ensemble_probs(
     return total / len(models), labels
 
 
-def _check_compatible(models: list[Trained], store: Store) -> None:
+def _check_compatible(models: list[TrainedNetwork], store: Store) -> None:
     for loaded in models:
         if loaded.classes != list(store.classes):
             raise ValueError(
@@ -80,30 +80,30 @@ def evaluate_checkpoints(
     Returns a dict: checkpoints, split, images, ten_crop, top1_error, top5_error, per_class (list of
     {class, name, images, top1_accuracy, top5_accuracy}). Exact under torchrun (counts summed).
     """
-    info = init_distributed(device)
+    process = init_distributed(device)
     try:
         st = Store.open(resolve_store(str(store)))
         split = split or st.eval_split
-        models = [load_trained(p, info.device) for p in checkpoints]
+        models = [load_trained(p, process.device) for p in checkpoints]
         _check_compatible(models, st)
         batches = EvalBatches.from_store(
             st,
             split,
             in_memory=in_memory,
             batch_size=batch_size,
-            rank=info.rank,
-            world_size=info.world_size,
-            device=info.device,
+            rank=process.rank,
+            world_size=process.world_size,
+            device=process.device,
             workers=2,
         )
         probs, labels = ensemble_probs(
-            models, batches, info.device, ten_crop, precision, progress and info.is_main
+            models, batches, process.device, ten_crop, precision, progress and process.is_main
         )
         counts = Counts.zeros(st.num_classes)
         counts.add(probs, labels)
         counts = counts.all_reduce()
     finally:
-        cleanup()
+        shutdown_distributed()
     per_class = [
         {
             "class": c,
@@ -116,7 +116,7 @@ def evaluate_checkpoints(
             st.classes, st.class_names, counts.total, counts.top1, counts.top5, strict=True
         )
     ]
-    if per_class_csv is not None and info.is_main:
+    if per_class_csv is not None and process.is_main:
         with open(per_class_csv, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(per_class[0]))
             writer.writeheader()
@@ -129,7 +129,7 @@ def evaluate_checkpoints(
         "top1_error": counts.top1_error,
         "top5_error": counts.top5_error,
         "per_class": per_class,
-        "is_main": info.is_main,
+        "is_main": process.is_main,
     }
 
 
@@ -160,7 +160,7 @@ def predict_files(
             for path, p in zip(images, probs, strict=True)]
 
 
-def top_classes(probs: torch.Tensor, trained: Trained, top: int = 5) -> list[dict]:
+def top_classes(probs: torch.Tensor, trained: TrainedNetwork, top: int = 5) -> list[dict]:
     """The `top` most probable of one image's class probabilities (C,), most probable first:
     [{"class": id, "name": name, "probability": p}, ...]."""
     values, indices = probs.topk(min(top, len(probs)))

@@ -21,10 +21,10 @@ from alexnet.checkpoint import FORMAT, save_weights
 from alexnet.config import config_to_dict
 from alexnet.errors import require
 from alexnet.fsutil import atomic_write
-from alexnet.models.build import Trained, load_trained
+from alexnet.models.build import TrainedNetwork, load_trained
 
 
-def _metadata(loaded: Trained, out: Path) -> dict[str, str]:
+def _metadata(loaded: TrainedNetwork, out: Path) -> dict[str, str]:
     return {
         "format": FORMAT,
         "input_mean_file": mean_path(out).name,
@@ -35,12 +35,12 @@ def _metadata(loaded: Trained, out: Path) -> dict[str, str]:
     }
 
 
-def export_safetensors(loaded: Trained, out: Path) -> Path:
+def export_safetensors(loaded: TrainedNetwork, out: Path) -> Path:
     save_weights(loaded.model.state_dict(), out, _metadata(loaded, out))
     return out
 
 
-def export_onnx(loaded: Trained, out: Path, opset: int = 17) -> Path:
+def export_onnx(loaded: TrainedNetwork, out: Path, opset: int = 17) -> Path:
     """Trace the network in eval mode with a dynamic batch dimension (TorchScript-based exporter)."""
     onnx = require("onnx", "onnx", "ONNX export")
 
@@ -80,7 +80,7 @@ def export(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike | Non
     return export_trained(load_trained(checkpoint), fmt, path)
 
 
-def export_trained(loaded: Trained, fmt: str, out: Path) -> Path:
+def export_trained(loaded: TrainedNetwork, fmt: str, out: Path) -> Path:
     """Write a network in memory (loaded from a checkpoint, or imported by `alexnet.caffe`) as `fmt`, with
     its mean image beside it (`mean_path`); returns `out`. A missing optional package fails before anything
     is written."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -42,3 +43,16 @@ def remove_temporaries(folder: Path) -> None:
     """Delete the temporaries that processes killed mid-write left anywhere below ``folder``."""
     for tmp in Path(folder).rglob(".*.tmp-*"):
         tmp.unlink(missing_ok=True)
+
+
+def json_text(data: Any, indent: int | None = 2) -> bytes:
+    """`data` as the UTF-8 JSON every file of this package is written in: indented, non-ASCII kept, newline."""
+    return (json.dumps(data, indent=indent, ensure_ascii=False) + "\n").encode()
+
+
+def write_json(path: str | os.PathLike, data: Any, indent: int | None = 2,
+               write: Callable[[str | os.PathLike, Callable[[IO[bytes]], Any]], None] | None = None) -> None:
+    """Write `data` as JSON atomically (`atomic_write`, or `write` where the caller reports errors its own
+    way, as the store does for a full disk)."""
+    text = json_text(data, indent)
+    (write or atomic_write)(path, lambda f: f.write(text))

@@ -137,21 +137,21 @@ class TowerParallel(nn.Module):
         return {k: torch.cat([halves[0][k].cpu(), halves[1][k].cpu()], 0) for k in self.source_keys}
 
 
-def place_model(model: nn.Module, run: RunConfig, info: DistInfo) -> tuple[nn.Module, nn.Module]:
+def place_model(model: nn.Module, run: RunConfig, process: DistInfo) -> tuple[nn.Module, nn.Module]:
     """Put the model on its device(s): (the module to train, the module whose state is checkpointed).
 
     `run.model_parallel = 2` splits the towers over two devices; under torchrun the module to train is
     wrapped in DistributedDataParallel.
     """
-    raw: nn.Module = TowerParallel(model, tower_devices(info.device)) if run.model_parallel == 2 else model.to(
-        info.device
+    raw: nn.Module = TowerParallel(model, tower_devices(process.device)) if run.model_parallel == 2 else model.to(
+        process.device
     )
     if run.channels_last:
         raw = raw.to(memory_format=torch.channels_last)
-    if info.world_size == 1:
+    if process.world_size == 1:
         return raw, raw
-    one_device = info.device.type == "cuda" and run.model_parallel == 1
-    return DistributedDataParallel(raw, device_ids=[info.device] if one_device else None), raw
+    one_device = process.device.type == "cuda" and run.model_parallel == 1
+    return DistributedDataParallel(raw, device_ids=[process.device] if one_device else None), raw
 
 
 def single_state_dict(raw: nn.Module) -> dict[str, torch.Tensor]:

@@ -56,6 +56,28 @@ class RunPaths:
         return self.root / "tensorboard"
 
 
+def read_metrics(path: Path, whole_epochs: bool = False) -> tuple[list[dict], int]:
+    """The records of a metrics.jsonl (none when there is no file) and how many lines were not JSON objects.
+    `whole_epochs` leaves out the record of an epoch a budget cut short ("partial")."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return [], 0
+    records, bad = [], 0
+    for line in filter(str.strip, text.splitlines()):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            bad += 1
+    if whole_epochs:
+        records = [r for r in records if not r.get("partial")]
+    return records, bad
+
+
 def write_metrics(path: Path, metrics: list[dict]) -> None:
     # Rewritten whole from the checkpoint's list each time, so a crash between the two never leaves
     # a duplicated or missing line.

@@ -13,7 +13,6 @@ that cannot start leaves no folder behind.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from alexnet.budget import Control, describe_plan, make_plan
+from alexnet.budget import StopRules, describe_plan, make_plan
 from alexnet.checkpoint import TrainingState
 from alexnet.config import Config, RunConfig, adopt_unset_keys, resume_conflicts, save_config
 from alexnet.data.augment import Augmenter
@@ -37,8 +36,8 @@ from alexnet.distributed import (
     all_gather_objects,
     all_reduce_max,
     all_reduce_sum,
-    cleanup,
     init_distributed,
+    shutdown_distributed,
 )
 from alexnet.engine import (
     Counts,
@@ -51,7 +50,7 @@ from alexnet.engine import (
     synchronize,
     train_one_epoch,
 )
-from alexnet.fsutil import atomic_write, remove_temporaries
+from alexnet.fsutil import remove_temporaries, write_json
 from alexnet.info import environment
 from alexnet.model_parallel import place_model, single_state_dict
 from alexnet.models.build import build_model, finetune_config, load_pretrained
@@ -67,13 +66,13 @@ class Run:
     """What a run trains with, built once from the config before anything is written."""
 
     config: Config  # resolved: model.num_classes set from the store
-    info: DistInfo
+    process: DistInfo
     store: Store
     train_batches: TrainBatches
     eval_batches: EvalBatches
     augmenter: Augmenter
     model: nn.Module  # the module to train (DistributedDataParallel under torchrun)
-    raw: nn.Module  # the module whose weights are checkpointed
+    unwrapped: nn.Module  # the network itself (not DistributedDataParallel), whose weights are checkpointed
     optimizer: torch.optim.Optimizer
     schedule: Schedule
 
@@ -123,52 +122,51 @@ def fit(
         a summary: status ("finished", "budget", "paused" or "interrupted"), signal, epoch, step, the last
         metrics record, the best validation top-1 error and the run's paths.
     """
-    info = init_distributed(config.run.device)
+    process = init_distributed(config.run.device)
     try:
-        return _fit(config, RunPaths(Path(run_dir)), resume, pretrained, progress, info, clock, until_epoch)
+        return _fit(config, RunPaths(Path(run_dir)), resume, pretrained, progress, process, clock, until_epoch)
     finally:
-        cleanup()
+        shutdown_distributed()
 
 
-def _fit(config: Config, paths: RunPaths, resume: bool, pretrained, progress: bool, info: DistInfo, clock,
+def _fit(config: Config, paths: RunPaths, resume: bool, pretrained, progress: bool, process: DistInfo, clock,
          until_epoch: int | None = None) -> dict:
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     store = Store.open(resolve_store(config.data.store))
     config = config.with_num_classes(store.num_classes, f"store {store.root}")
-    state, config = _resume_state(paths, config, resume, info)
-    run = _build(config, info, store, state, pretrained)
-    pos = _position(state, info, paths)
+    state, config = _resume_state(paths, config, resume, process)
+    run = _build(config, process, store, state, pretrained)
+    pos = _position(state, process, paths)
     now = clock()
-    control = Control(config.run, StopSignal(), clock, now - (state.elapsed if state else 0.0), now,
-                      device_sync=partial(synchronize, info.device))
-    if info.is_main:
+    control = StopRules(config.run, StopSignal(), clock, now - (state.elapsed if state else 0.0), now,
+                      device_sync=partial(synchronize, process.device))
+    if process.is_main:
         paths.checkpoints.mkdir(parents=True, exist_ok=True)
         remove_temporaries(paths.root)  # left by a process killed mid-write
         save_config(config, paths.config)
-        env = json.dumps(environment(config.run.device), indent=2) + "\n"
-        atomic_write(paths.environment, lambda f: f.write(env.encode()))
+        write_json(paths.environment, environment(config.run.device))
     forward = torch.compile(run.model) if config.run.compile else run.model
-    eval_model = torch.compile(run.raw) if config.run.compile else run.raw
-    autocast = autocast_context(info.device, config.run.precision)
+    eval_model = torch.compile(run.unwrapped) if config.run.compile else run.unwrapped
+    autocast = autocast_context(process.device, config.run.precision)
     train_step = TrainStep(forward, run.optimizer, run.schedule.lr, autocast, config.run.channels_last,
                            config.optim.label_smoothing)
-    with control.stopper.installed(), RunLogger(paths, pos.epoch, info.is_main) as logger:
+    with control.stopper.installed(), RunLogger(paths, pos.epoch, process.is_main) as logger:
         last = min(config.run.epochs, until_epoch) if until_epoch is not None else config.run.epochs
         while pos.epoch < last and not control.stopping:
             data = EpochData(pos.epoch, run.train_batches.epoch(pos.epoch, pos.batch),
                              partial(_augment, run, pos.epoch), run.steps_per_epoch, pos.batch)
             pos.step, _ = train_one_epoch(train_step, data, pos.stats, pos.step,
                                           should_stop=partial(_after_step, run, pos, control, paths),
-                                          progress=progress and info.is_main, world_size=info.world_size)
+                                          progress=progress and process.is_main, world_size=process.world_size)
             if control.status == "interrupted":
                 break
             counts = None
             if _validation_due(config.run, pos.epoch, control.stopping, last):
                 counts = evaluate(eval_model, run.eval_batches, run.augmenter.center, store.num_classes,
                                   autocast=autocast, channels_last=config.run.channels_last,
-                                  progress=progress and info.is_main, total=len(run.eval_batches))
-            record, is_best = _end_epoch(run, pos, counts, control.elapsed(), partial=control.stopping)
+                                  progress=progress and process.is_main, total=len(run.eval_batches))
+            record, is_best = _end_epoch(run, pos, counts, control.elapsed(), cut_short=control.stopping)
             every = config.run.checkpoint_every_epochs
             latest = control.stopping or pos.epoch >= last or bool(every and pos.epoch % every == 0)
             _save(run, pos, control, paths, latest=latest, best=is_best)
@@ -190,11 +188,11 @@ def _planned_epochs(run: Run, pos: Position) -> float:
 
 
 def _augment(run: Run, epoch: int, images: torch.Tensor, batch_idx: int) -> torch.Tensor:
-    gen = batch_generator(run.config.run.seed, epoch, batch_idx, run.info.device, run.info.rank)
+    gen = batch_generator(run.config.run.seed, epoch, batch_idx, run.process.device, run.process.rank)
     return run.augmenter.train(images, gen)
 
 
-def _after_step(run: Run, pos: Position, control: Control, paths: RunPaths, step: int, next_batch: int) -> bool:
+def _after_step(run: Run, pos: Position, control: StopRules, paths: RunPaths, step: int, next_batch: int) -> bool:
     """The engine's should_stop: record the position, plan a budget, save when due; True to stop now."""
     pos.step, pos.batch = step, next_batch
     if run.config.run.plan_budget and pos.plan is None:
@@ -204,7 +202,7 @@ def _after_step(run: Run, pos: Position, control: Control, paths: RunPaths, step
     return control.stopping
 
 
-def _plan_budget(run: Run, pos: Position, control: Control, paths: RunPaths) -> None:
+def _plan_budget(run: Run, pos: Position, control: StopRules, paths: RunPaths) -> None:
     """Once enough steps are timed: time one validation pass and one save, then fix the run's total steps
     so that training, every epoch end and the reserve fit in run.budget_minutes (see `alexnet.budget`)."""
     step_s = control.timer.seconds_per_step(pos.step)
@@ -220,7 +218,7 @@ def _plan_budget(run: Run, pos: Position, control: Control, paths: RunPaths) -> 
     if isinstance(run.schedule, LinearSchedule):
         run.schedule.total_steps = plan["total_steps"]
     _save(run, pos, control, paths, latest=True)  # the plan is part of the run from here on
-    if run.info.is_main:
+    if run.process.is_main:
         print(describe_plan(plan, run.steps_per_epoch), flush=True)
 
 
@@ -229,21 +227,21 @@ def _time_validation(run: Run, clock: Callable[[], float], batches: int = 2) -> 
     one that is not timed: the first inference batch also builds the kernels for its shapes (timing it made a
     demo keep 176 s for evaluations that took about 105)."""
     start, t0, timed = clock(), None, 0
-    autocast = autocast_context(run.info.device, run.config.run.precision)
-    for _ in islice(predict(run.raw, run.eval_batches, run.augmenter.center, autocast=autocast,
+    autocast = autocast_context(run.process.device, run.config.run.precision)
+    for _ in islice(predict(run.unwrapped, run.eval_batches, run.augmenter.center, autocast=autocast,
                             channels_last=run.config.run.channels_last), batches + 1):
         if t0 is None:
             t0 = clock()  # the first batch is done
         else:
             timed += 1
-    run.raw.train()
+    run.unwrapped.train()
     if not timed:  # a validation set of one batch: that batch is the whole pass
         return (t0 if t0 is not None else start) - start
     return (clock() - t0) / timed * len(run.eval_batches)
 
 
 def _resume_state(paths: RunPaths, config: Config, resume: bool,
-                  info: DistInfo) -> tuple[TrainingState | None, Config]:
+                  process: DistInfo) -> tuple[TrainingState | None, Config]:
     """The checkpoint to continue from, after checking that `config` continues the same run, and the config
     with the keys it leaves at their defaults that the checkpoint sets (`adopt_unset_keys`)."""
     if not paths.latest.exists():
@@ -263,52 +261,53 @@ def _resume_state(paths: RunPaths, config: Config, resume: bool,
         )
     if not state.resumable:
         raise ValueError(f"{paths.latest} holds no optimizer or random state, so it cannot be resumed")
-    if len(state.rng) != info.world_size:
+    if len(state.rng) != process.world_size:
         raise ValueError(
             f"{paths.latest} was written by {len(state.rng)} processes; resume with the same number "
-            f"(got {info.world_size}) so every process gets its random state back"
+            f"(got {process.world_size}) so every process gets its random state back"
         )
     return state, config
 
 
-def _build(config: Config, info: DistInfo, store: Store, state: TrainingState | None, pretrained) -> Run:
-    torch.manual_seed(config.run.seed + info.rank)  # dropout masks differ between data-parallel processes
+def _build(config: Config, process: DistInfo, store: Store, state: TrainingState | None, pretrained) -> Run:
+    torch.manual_seed(config.run.seed + process.rank)  # dropout masks differ between data-parallel processes
     data = config.data
-    common = dict(rank=info.rank, world_size=info.world_size, device=info.device, workers=data.workers)
+    common = dict(rank=process.rank, world_size=process.world_size, device=process.device, workers=data.workers)
     train_batches = TrainBatches.from_store(
-        store, in_memory=data.in_memory, batch_size=_per_process_batch(config, info.world_size),
+        store, in_memory=data.in_memory, batch_size=_per_process_batch(config, process.world_size),
         seed=config.run.seed, **common,
     )
     eval_batches = EvalBatches.from_store(
         store, in_memory=data.in_memory, batch_size=data.eval_batch_size, **common
     )
-    augmenter = Augmenter(data, store.mean, store.eigvals, store.eigvecs, info.device)
+    augmenter = Augmenter(data, store.mean, store.eigvals, store.eigvecs, process.device)
     model = build_model(config.model)
     if state is not None:
         model.load_state_dict(state.model)
     elif pretrained is not None:
         fresh = load_pretrained(model, pretrained)
-        if info.is_main:
+        if process.is_main:
             print(f"{config.model.name} from {pretrained}: every weight but {', '.join(fresh)}, which start "
                   f"fresh for {config.model.num_classes} classes", flush=True)
-    model, raw = place_model(model, config.run, info)
-    o = config.optim
-    groups = parameter_groups(raw, o.weight_decay, o.decay_biases, o.bias_lr_scale)
-    optimizer = build_optimizer(groups, o.kind, o.lr, o.momentum, o.weight_decay)
+    model, unwrapped = place_model(model, config.run, process)
+    optim = config.optim
+    groups = parameter_groups(unwrapped, optim.weight_decay, optim.decay_biases, optim.bias_lr_scale)
+    optimizer = build_optimizer(groups, optim.kind, optim.lr, optim.momentum, optim.weight_decay)
     steps = len(train_batches)
     planned = state.plan["total_steps"] if state is not None and state.plan else 0
-    schedule = build_schedule(config.schedule, o.lr, steps, planned or config.run.epochs * steps)
+    schedule = build_schedule(config.schedule, optim.lr, steps, planned or config.run.epochs * steps)
     if state is not None:
         optimizer.load_state_dict(state.optimizer)
         schedule.load_state_dict(state.schedule)
-    return Run(config, info, store, train_batches, eval_batches, augmenter, model, raw, optimizer, schedule)
+    return Run(config, process, store, train_batches, eval_batches, augmenter, model, unwrapped, optimizer,
+               schedule)
 
 
-def _position(state: TrainingState | None, info: DistInfo, paths: RunPaths) -> Position:
+def _position(state: TrainingState | None, process: DistInfo, paths: RunPaths) -> Position:
     if state is None:
         return Position()
-    set_rng_state(state.rng[info.rank])
-    if info.is_main:
+    set_rng_state(state.rng[process.rank])
+    if process.is_main:
         print(f"resuming from {paths.latest}: epoch {state.epoch + 1}, batch {state.batch}, step {state.step}",
               flush=True)
     metrics = [m for m in state.metrics if not m.get("partial")]
@@ -328,13 +327,13 @@ def _per_process_batch(config: Config, world_size: int) -> int:
     return b // world_size
 
 
-def _end_epoch(run: Run, pos: Position, counts: Counts | None, wall: float, partial: bool) -> tuple[dict, bool]:
+def _end_epoch(run: Run, pos: Position, counts: Counts | None, wall: float, cut_short: bool) -> tuple[dict, bool]:
     """Record the epoch's metrics (validation ones None when `counts` is None: not validated); a whole epoch
     also steps the schedule (on the validation error) and moves the position to the next epoch.
     Returns (the record, whether it is the best so far)."""
     record = _epoch_record(run, pos, counts, wall)
     val_error = counts.top1_error if counts is not None else None
-    if partial and pos.batch < run.steps_per_epoch:
+    if cut_short and pos.batch < run.steps_per_epoch:
         record["partial"] = True  # a budget ended the epoch early: reported, not counted as an epoch
     else:
         run.schedule.epoch_end(pos.epoch, val_error)
@@ -360,14 +359,14 @@ def _epoch_record(run: Run, pos: Position, counts: Counts | None, wall: float) -
         "lr": run.schedule.lr(pos.step - 1),
         "images_per_s": images / seconds if seconds else 0.0,
         "wall_time_s": wall,
-        "world_size": run.info.world_size,
+        "world_size": run.process.world_size,
     }
 
 
-def _save(run: Run, pos: Position, control: Control, paths: RunPaths, latest: bool, best: bool = False) -> None:
+def _save(run: Run, pos: Position, control: StopRules, paths: RunPaths, latest: bool, best: bool = False) -> None:
     """Write latest.pt and/or best.pt. Every process takes part: the random states are gathered."""
     state = TrainingState(
-        model=single_state_dict(run.raw),
+        model=single_state_dict(run.unwrapped),
         config=run.config,
         classes=list(run.store.classes),
         class_names=list(run.store.class_names),
@@ -384,7 +383,7 @@ def _save(run: Run, pos: Position, control: Control, paths: RunPaths, latest: bo
         rng=all_gather_objects(rng_state()),
         plan=pos.plan,
     )
-    if run.info.is_main:
+    if run.process.is_main:
         if latest:
             state.save(paths.latest)
         if best:
@@ -392,7 +391,7 @@ def _save(run: Run, pos: Position, control: Control, paths: RunPaths, latest: bo
     control.last_save = control.clock()
 
 
-def _summary(control: Control, pos: Position, paths: RunPaths) -> dict:
+def _summary(control: StopRules, pos: Position, paths: RunPaths) -> dict:
     return {
         "status": control.status,
         "signal": control.stopper.signum,

@@ -29,8 +29,8 @@ from alexnet.data.store import Store
 from alexnet.distributed import resolve_device
 from alexnet.engine import autocast_context, progress_bar
 from alexnet.errors import CheckpointError
-from alexnet.fsutil import atomic_write, temporary_name
-from alexnet.models.build import Trained, load_trained
+from alexnet.fsutil import temporary_name, write_json
+from alexnet.models.build import TrainedNetwork, load_trained
 from alexnet.paths import resolve_store
 
 FORMAT = "alexnet-features-1"
@@ -85,7 +85,7 @@ def feature_layer(model: nn.Module):
 
 
 @torch.no_grad()
-def fc7(trained: Trained, images: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+def fc7(trained: TrainedNetwork, images: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
     """fc7 vectors (B, D) float32 of uint8 images (B, 3, S, S), centre crop, on the model's device."""
     device = next(trained.model.parameters()).device
     forward = feature_layer(trained.model)
@@ -141,7 +141,7 @@ def compute_features(
     precision: str = "fp32",
     device: str = "auto",
     progress: bool = True,
-    trained: Trained | None = None,
+    trained: TrainedNetwork | None = None,
 ) -> Features:
     """fc7 vectors of every image of a store's split (default: train), reused when still current."""
     st = Store.open(resolve_store(str(store)))
@@ -183,11 +183,11 @@ def compute_features(
             "model": trained.config.model.name, "layer": "fc7 after ReLU (forward_features), centre crop",
             "shape": [len(labels), width], "classes": list(st.classes), "class_names": list(st.class_names),
             "files": st.files(split), "labels": labels.astype(int).tolist()}
-    atomic_write(_description_path(path), lambda f: f.write(json.dumps(desc).encode()))
+    write_json(_description_path(path), desc, indent=None)
     return open_features(path)
 
 
-def _width(trained: Trained) -> int:
+def _width(trained: TrainedNetwork) -> int:
     crop = trained.config.data.crop
     device = next(trained.model.parameters()).device
     with torch.no_grad():

@@ -28,7 +28,7 @@ from torch import nn
 
 from alexnet.analysis.sections import analysis_dir, write_section
 from alexnet.fsutil import atomic_write
-from alexnet.models.build import Trained, load_trained
+from alexnet.models.build import TrainedNetwork, load_trained
 
 RANDOM_COLOUR_SHARE = 2 / 3
 
@@ -55,7 +55,7 @@ def colour_share(weights: torch.Tensor) -> torch.Tensor:
     return ((w - grey).pow(2).sum(dim=(1, 2, 3)) / total.clamp_min(1e-30)).float()
 
 
-def describe(trained: Trained) -> dict:
+def describe(trained: TrainedNetwork) -> dict:
     """Per tower: kernel indices and the mean, median and per-kernel colour shares."""
     weights = first_layer(trained.model)
     towers = towers_of(trained.model)
@@ -77,7 +77,7 @@ def _display(kernel: torch.Tensor) -> np.ndarray:
     return (k - lo) / (hi - lo) if hi > lo else np.full_like(k, 0.5)
 
 
-def draw(trained: Trained, out: str | os.PathLike, columns: int = 8) -> Path:
+def draw(trained: TrainedNetwork, out: str | os.PathLike, columns: int = 8) -> Path:
     """The kernel grid as a PNG: one block per tower, its mean colour share in the block's title."""
     import matplotlib  # heavy: only when a figure is drawn
 

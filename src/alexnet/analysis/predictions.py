@@ -19,7 +19,7 @@ from alexnet.data.decode import load_images
 from alexnet.data.store import Store
 from alexnet.evaluate import ensemble_probs, top_classes
 from alexnet.fsutil import atomic_write
-from alexnet.models.build import Trained, load_trained
+from alexnet.models.build import TrainedNetwork, load_trained
 from alexnet.paths import resolve_store
 
 
@@ -116,7 +116,7 @@ def store_predictions(
 
 
 def _figure_and_section(
-    trained: Trained, checkpoints: list, images: list, pixels: torch.Tensor, truth: list[int | None],
+    trained: TrainedNetwork, checkpoints: list, images: list, pixels: torch.Tensor, truth: list[int | None],
     results: list[dict], out: str | os.PathLike, ten_crop: bool = False, columns: int = 4,
 ) -> dict:
     size, crop = pixels.shape[-1], trained.config.data.crop

@@ -43,7 +43,7 @@ from alexnet import __version__
 from alexnet.errors import DataError
 from alexnet.fsutil import atomic_write
 from alexnet.paths import resolve_store
-from alexnet.rundir import RunPaths
+from alexnet.rundir import RunPaths, read_metrics
 
 KNOWN_ANALYSES = ("kernels.json", "predictions.json", "retrieval.json", "retrieval_eval.json", "codes.json")
 IMAGENET_CLASSES = 1000
@@ -122,9 +122,9 @@ def render(run: Path) -> str:
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{_e(run.resolve().name)} · alexnet report</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
+        f"<title>{_escape(run.resolve().name)} · alexnet report</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
         + "\n".join(body)
-        + f"\n<p><small>Written by alexnet {_e(__version__)} on {_e(_when(datetime.now().timestamp()))}."
+        + f"\n<p><small>Written by alexnet {_escape(__version__)} on {_escape(_when(datetime.now().timestamp()))}."
         "</small></p>\n</body>\n</html>\n"
     )
 
@@ -167,16 +167,7 @@ def _read_metrics(path: Path) -> tuple[list[dict], str | None]:
     text, note = _read_text(path)
     if text is None:
         return [], note
-    records, bad = [], 0
-    for line in filter(str.strip, text.splitlines()):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            record = None
-        if isinstance(record, dict):
-            records.append(record)
-        else:
-            bad += 1
+    records, bad = read_metrics(path)
     if bad:
         note = f"{bad} line(s) of metrics.jsonl are not JSON objects and were skipped."
     elif not records:
@@ -194,12 +185,12 @@ def _mtime(path: Path) -> float | None:
 # ---- formatting
 
 
-def _e(value: object) -> str:
+def _escape(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
 def _note(text: str) -> str:
-    return f'<p class="note">{_e(text)}</p>'
+    return f'<p class="note">{_escape(text)}</p>'
 
 
 def _when(timestamp: float) -> str:
@@ -235,7 +226,7 @@ def _quantity(key: str, value: object) -> str:
     return _cell(value)
 
 
-_NUM = ' class="num"'  # numbers align right
+_NUMBER_CELL = ' class="num"'  # numbers align right
 
 
 def _is_number(value: object) -> bool:
@@ -243,10 +234,10 @@ def _is_number(value: object) -> bool:
 
 
 def _table(columns: list[str], rows: list[list[object]]) -> str:
-    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    head = "".join(f"<th>{_escape(c)}</th>" for c in columns)
     lines = []
     for row in rows:
-        cells = "".join(f"<td{_NUM if _is_number(v) else ''}>{_e(_cell(v))}</td>" for v in row)
+        cells = "".join(f"<td{_NUMBER_CELL if _is_number(v) else ''}>{_escape(_cell(v))}</td>" for v in row)
         lines.append(f"<tr>{cells}</tr>")
     return f"<table>\n<tr>{head}</tr>\n" + "\n".join(lines) + "\n</table>"
 
@@ -254,7 +245,7 @@ def _table(columns: list[str], rows: list[list[object]]) -> str:
 def _records_table(record: dict) -> str:
     """One row per key, the value in its unit."""
     rows = "".join(
-        f"<tr><th>{_e(key.replace('_', ' '))}</th><td>{_e(_quantity(key, value))}</td></tr>"
+        f"<tr><th>{_escape(key.replace('_', ' '))}</th><td>{_escape(_quantity(key, value))}</td></tr>"
         for key, value in record.items()
     )
     return f"<table>{rows}</table>"
@@ -274,11 +265,11 @@ def _image(path: Path) -> str:
     if kind not in BROWSER_IMAGES:
         return _note(f"{path.name} is a {kind} image, which browsers do not show; save it as PNG.")
     uri = f"data:{Image.MIME[kind]};base64,{base64.b64encode(data).decode('ascii')}"
-    return f'<img src="{uri}" alt="{_e(path.name)}">'
+    return f'<img src="{uri}" alt="{_escape(path.name)}">'
 
 
 def _paragraphs(text: str) -> str:
-    return "\n".join(f"<p>{_e(p.strip())}</p>" for p in text.split("\n\n") if p.strip())
+    return "\n".join(f"<p>{_escape(p.strip())}</p>" for p in text.split("\n\n") if p.strip())
 
 
 # ---- sections
@@ -306,8 +297,8 @@ def _title(run: Path, config: dict, config_note: str | None, metrics: list[dict]
     rows = [("model", model), ("store", _table_of(config, "data").get("store") or "unknown"),
             ("ran", _ran(run, metrics)),
             ("alexnet", env.get("alexnet", "unknown") if env else "unknown (no environment.json)")]
-    meta = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in rows)
-    return (f"<h1>{_e(run.resolve().name)}</h1>\n<p>AlexNet run report · {_e(run.resolve())}</p>\n"
+    meta = "".join(f"<tr><td>{_escape(k)}</td><td>{_escape(v)}</td></tr>" for k, v in rows)
+    return (f"<h1>{_escape(run.resolve().name)}</h1>\n<p>AlexNet run report · {_escape(run.resolve())}</p>\n"
             f'<table class="meta">{meta}</table>')
 
 
@@ -316,7 +307,7 @@ def _config_section(text: str | None, note: str | None) -> str:
     if note:
         parts.append(_note(note))
     if text is not None:
-        parts.append(f"<details>\n<summary>config.toml</summary>\n<pre>{_e(text)}</pre>\n</details>")
+        parts.append(f"<details>\n<summary>config.toml</summary>\n<pre>{_escape(text)}</pre>\n</details>")
     return "\n".join(parts)
 
 
@@ -400,7 +391,7 @@ def _paper_section(config: dict, metrics: list[dict], demo: dict | None) -> str:
             for label, key in (("top-1", "top1"), ("top-5", "top5"))]
     comparable, says = _comparability(config)
     parts = ["<h2>Final metrics beside the paper's</h2>", _table(columns, rows),
-             f"<p>{_e(says)}</p>" if comparable else _note(says)]
+             f"<p>{_escape(says)}</p>" if comparable else _note(says)]
     if ten is None:
         parts.append(_note("No ten-crop result in this folder (only a demo's demo.json records one); "
                            "`alexnet evaluate CHECKPOINT --data STORE --ten-crop` measures it."))
@@ -433,16 +424,16 @@ def _analyses_section(folder: Path) -> str:
                            "the analysis commands write their results there."))
     if others:
         parts.append(f"<p><small>Also in {folder.name}/, without a title or summary (not sections): "
-                     f"{_e(', '.join(others))}.</small></p>")
+                     f"{_escape(', '.join(others))}.</small></p>")
     return "\n".join(parts)
 
 
 def _analysis(path: Path, data: dict | None, note: str | None) -> str:
     """One analysis file's section, with a note for each part that breaks the contract."""
     if data is None:
-        return f"<h3>{_e(path.name)}</h3>\n{_note(note)}"
+        return f"<h3>{_escape(path.name)}</h3>\n{_note(note)}"
     title = data.get("title")
-    parts = [f"<h3>{_e(title if isinstance(title, str) else path.name)}</h3>"]
+    parts = [f"<h3>{_escape(title if isinstance(title, str) else path.name)}</h3>"]
     if not isinstance(title, str):
         parts.append(_note(f'{path.name} has no "title" string.'))
     summary = data.get("summary")

@@ -25,7 +25,7 @@ from alexnet.data.store import Store
 from alexnet.distributed import resolve_device
 from alexnet.engine import progress_bar
 from alexnet.fsutil import atomic_write
-from alexnet.models.build import Trained, load_trained
+from alexnet.models.build import TrainedNetwork, load_trained
 from alexnet.paths import resolve_store
 
 PIXEL_SIDE = 32
@@ -74,7 +74,7 @@ def chance_precision(index_labels: np.ndarray, query_labels: np.ndarray) -> floa
     return float(np.mean(counts[query_labels] / len(index_labels)))
 
 
-def _query_images(trained: Trained, st: Store, queries: list[str]) -> tuple[torch.Tensor, list[dict]]:
+def _query_images(trained: TrainedNetwork, st: Store, queries: list[str]) -> tuple[torch.Tensor, list[dict]]:
     """uint8 images (Q, 3, S, S) and a description of each query: an index into the eval split or a file."""
     split = st.eval_split
     images, labels, files = st.images(split), st.labels(split), st.files(split)

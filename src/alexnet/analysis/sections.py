@@ -16,20 +16,20 @@ needs of a data set: images spread over its classes, and the class an image file
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from alexnet.fsutil import atomic_write
+from alexnet.fsutil import write_json
+from alexnet.rundir import RunPaths
 
 
 def analysis_dir(checkpoint: str | os.PathLike) -> Path:
     """The folder a checkpoint's analyses are written to (created)."""
     path = Path(checkpoint)
     run = path.parent.parent
-    if path.parent.name == "checkpoints" and (run / "config.toml").is_file():
+    if path.parent.name == RunPaths(run).checkpoints.name and RunPaths(run).config.is_file():
         folder = run / "analysis"
     else:
         folder = path.with_name(f"{path.stem}.analysis")
@@ -54,7 +54,7 @@ def write_section(
         doc["table"] = table
     doc.update(details)
     out = Path(folder) / f"{name}.json"
-    atomic_write(out, lambda f: f.write(json.dumps(doc, indent=2).encode()))
+    write_json(out, doc)
     return out
 
 

@@ -62,7 +62,8 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode()))
+    """JSON written atomically, a full disk reported as by `atomic_write`."""
+    fsutil.write_json(path, obj, indent=1, write=atomic_write)
 
 
 class _Sink:

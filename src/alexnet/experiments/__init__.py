@@ -10,7 +10,6 @@ carries (command, code version, machine, wall time), writes `OUT/results/NAME.js
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from types import ModuleType
 from alexnet.experiments import ablations, lrn_cifar, paper_recipe, relu_vs_tanh, time_to_accuracy
 from alexnet.experiments.runner import Runner, code_version
 from alexnet.experiments.table import write_table
-from alexnet.fsutil import atomic_write
+from alexnet.fsutil import write_json
 
 EXPERIMENTS: dict[str, ModuleType] = {
     m.NAME: m for m in (relu_vs_tanh, lrn_cifar, ablations, time_to_accuracy, paper_recipe)
@@ -70,12 +69,12 @@ def run(
         raise ValueError(f"--seeds {seeds}: need at least 1")
     from alexnet.info import environment
 
-    spent = module.BUDGETS[budget]
-    folder = getattr(spent, "runs", budget)  # budgets that share runs name the same folder
+    chosen = module.BUDGETS[budget]
+    folder = getattr(chosen, "runs", budget)  # budgets that share runs name the same folder
     runs_dir = Path(runs_dir) if runs_dir is not None else Path("runs") / "experiments" / name / folder
     runner = runner or Runner(runs_dir, progress=progress, log=log)
     t0 = time.monotonic()
-    results = module.run_experiment(runner, seeds, spent, (f"run.device={device}", *overrides))
+    results = module.run_experiment(runner, seeds, chosen, (f"run.device={device}", *overrides))
     env = environment(device)
     results.update({
         "command": command or f"alexnet experiment {name} --seeds {seeds} --budget {budget}",
@@ -92,7 +91,6 @@ def run(
     stem = name if budget == DEFAULT_BUDGET else f"{name}-{budget}"
     module.plot(results, results_dir / f"{stem}.png")
     results["plot"] = f"{stem}.png"
-    text = json.dumps(results, indent=2) + "\n"
-    atomic_write(results_dir / f"{stem}.json", lambda f: f.write(text.encode()))
+    write_json(results_dir / f"{stem}.json", results)
     results["table_path"] = str(write_table(out))
     return results

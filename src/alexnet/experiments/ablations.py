@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet.config import Config, load_config
+from alexnet.config import Config, config_to_dict, load_config
 from alexnet.experiments.data import ImagenetteBudget, imagenette_overrides
-from alexnet.experiments.runner import Runner, RunOutcome, RunSpec, config_record, t975
+from alexnet.experiments.runner import Runner, RunOutcome, RunSpec, t975
 
 NAME = "ablations"
 CLAIM = "the paper's ablations: each variant's top-1 / top-5 error minus the full network's"
@@ -101,7 +101,7 @@ def base_config(variant: Variant, seed: int, budget: Budget, overrides: tuple[st
 
 def _spec(variant: Variant, seed: int, budget: Budget, overrides: tuple[str, ...]) -> RunSpec:
     return RunSpec(f"{variant.key}-seed{seed}", variant.key, base_config(variant, seed, budget, overrides),
-                   info={"variant": variant.key})
+                   facts={"variant": variant.key})
 
 
 def val_hits(outcome: RunOutcome, device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
@@ -120,7 +120,7 @@ def val_hits(outcome: RunOutcome, device: str = "auto") -> tuple[np.ndarray, np.
     from alexnet.paths import resolve_store
 
     dev = resolve_device(device)
-    trained = load_trained(Path(outcome.run_dir) / "checkpoints" / "latest.pt", dev)
+    trained = load_trained(outcome.paths.latest, dev)
     st = Store.open(resolve_store(trained.config.data.store))
     batches = EvalBatches.from_store(st, st.eval_split, batch_size=trained.config.data.eval_batch_size, device=dev)
     probs, labels = ensemble_probs([trained], batches, dev, precision=trained.config.run.precision)
@@ -190,7 +190,7 @@ def summarize(outcomes: dict[str, list[RunOutcome]], hits: dict, budget: Budget,
     results = {
         "experiment": NAME, "claim": CLAIM, "budget": asdict(budget), "seeds": list(range(seeds)),
         "overrides": list(overrides),
-        "config": config_record(base_config(VARIANTS[0], 0, budget, overrides)),
+        "config": config_to_dict(base_config(VARIANTS[0], 0, budget, overrides)),
         "recipe": "demo recipe (Kaiming init, input / 64, warm-up + linear decay, bf16) with PCA lighting 0.1",
         "variants": rows,
         "wall_time_s": sum(o.wall_s for runs in outcomes.values() for o in runs),

@@ -50,9 +50,10 @@ import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from alexnet.config import Config, load_config
+from alexnet.config import Config, config_to_dict, load_config
 from alexnet.experiments.data import cifar10_store
-from alexnet.experiments.runner import Runner, RunOutcome, RunSpec, config_record, summary_stats, t975
+from alexnet.experiments.runner import Runner, RunOutcome, RunSpec, summary_stats, t975
+from alexnet.fsutil import write_json
 
 NAME = "lrn-cifar"
 CLAIM = "Section 3.3: response normalisation takes a four-layer CNN on CIFAR-10 from 13 % to 11 % test error"
@@ -140,22 +141,20 @@ def test_error(outcome: RunOutcome, device: str = "auto") -> dict:
     and centre crop; kept in the run folder (test_error.json, with the run's epochs: a run trained further
     is evaluated again) so a rerun does not evaluate again."""
     from alexnet.evaluate import evaluate_checkpoints
-    from alexnet.fsutil import atomic_write
 
     cache = Path(outcome.run_dir) / TEST_FILE
     if cache.is_file():
         stored = json.loads(cache.read_text())
         if stored.get("epochs") == outcome.epochs:
             return stored
-    config = load_config(Path(outcome.run_dir) / "config.toml")
-    checkpoint = Path(outcome.run_dir) / "checkpoints" / "latest.pt"
+    config = load_config(outcome.paths.config)
+    checkpoint = outcome.paths.latest
     result = {"epochs": outcome.epochs}
     for views, ten in (("multiview", True), ("centre", False)):
         r = evaluate_checkpoints([checkpoint], config.data.store, split=_test_split(config.data.store),
                                  ten_crop=ten, batch_size=500, precision="fp32", device=device, progress=False)
         result.update({f"{views}_top1_error": r["top1_error"], "split": r["split"], "images": r["images"]})
-    text = json.dumps(result, indent=2) + "\n"
-    atomic_write(cache, lambda f: f.write(text.encode()))
+    write_json(cache, result)
     return result
 
 
@@ -214,7 +213,7 @@ def summarize(outcomes: dict[str, list[RunOutcome]], tests: dict[str, list[dict]
     results = {
         "experiment": NAME, "claim": CLAIM, "budget": {**asdict(budget), "epochs": budget.epochs},
         "seeds": list(range(seeds)), "overrides": list(overrides),
-        "config": {v: config_record(base_config(v, 0, budget, overrides)) for v in MODELS},
+        "config": {v: config_to_dict(base_config(v, 0, budget, overrides)) for v in MODELS},
         "variants": variants,
         "difference": {
             "mean": statistics.fmean(with_lrn) - statistics.fmean(without),

@@ -34,10 +34,11 @@ import statistics
 from dataclasses import asdict
 from pathlib import Path
 
-from alexnet.config import Config, load_config
+from alexnet.config import Config, config_to_dict, load_config
 from alexnet.experiments.data import ImagenetteBudget, imagenette_overrides
-from alexnet.experiments.runner import Metrics, Runner, RunOutcome, RunSpec, config_record, summary_stats
-from alexnet.fsutil import atomic_write
+from alexnet.experiments.runner import Metrics, Runner, RunOutcome, RunSpec, summary_stats
+from alexnet.fsutil import write_json
+from alexnet.rundir import RunPaths
 
 LIVE_FILE = "live-units.json"
 
@@ -112,10 +113,9 @@ class LiveUnitsPerEpoch:
 
     def __call__(self, metrics: Metrics) -> bool:
         counts = self.read()
-        if str(len(metrics)) not in counts and (self.path.parent / "checkpoints" / "latest.pt").is_file():
+        if str(len(metrics)) not in counts and RunPaths(self.path.parent).latest.is_file():
             counts[str(len(metrics))] = _count_live(self.path.parent)
-            text = json.dumps(counts, indent=1) + "\n"
-            atomic_write(self.path, lambda f: f.write(text.encode()))
+            write_json(self.path, counts, indent=1)
         return False
 
 
@@ -126,7 +126,6 @@ def _count_live(run_dir: Path) -> dict[str, int]:
     from alexnet.data.store import Store
     from alexnet.models.build import load_trained
     from alexnet.paths import resolve_store
-    from alexnet.rundir import RunPaths
 
     trained = load_trained(RunPaths(run_dir).latest)
     store = Store.open(resolve_store(trained.config.data.store))
@@ -148,9 +147,7 @@ def run_experiment(runner: Runner, seeds: int, budget: Budget, overrides: tuple[
 
 
 def _classes(outcome: RunOutcome) -> int:
-    from alexnet.config import load_config as load
-
-    return load(Path(outcome.run_dir) / "config.toml").model.num_classes
+    return load_config(outcome.paths.config).model.num_classes
 
 
 def summarize(outcomes: dict[str, list[RunOutcome]], budget: Budget, seeds: int, overrides: tuple[str, ...]) -> dict:
@@ -173,7 +170,7 @@ def summarize(outcomes: dict[str, list[RunOutcome]], budget: Budget, seeds: int,
     results = {
         "experiment": NAME, "claim": CLAIM, "budget": asdict(budget), "seeds": list(range(seeds)),
         "overrides": list(overrides), "classes": classes, "chance_loss": math.log(classes),
-        "config": {r: config_record(base_config(r, 0, budget, overrides)) for r in RECIPES},
+        "config": {r: config_to_dict(base_config(r, 0, budget, overrides)) for r in RECIPES},
         "recipes": recipes, "wall_time_s": sum(o.wall_s for runs in outcomes.values() for o in runs),
         "runs_trained": sum(len(runs) for runs in outcomes.values()),
     }

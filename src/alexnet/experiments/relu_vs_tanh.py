@@ -59,9 +59,9 @@ import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from alexnet.config import Config, load_config
+from alexnet.config import Config, config_to_dict, load_config
 from alexnet.experiments.data import cifar10_store
-from alexnet.experiments.runner import Metrics, Runner, RunOutcome, RunSpec, config_record, summary_stats
+from alexnet.experiments.runner import Metrics, Runner, RunOutcome, RunSpec, summary_stats
 
 NAME = "relu-vs-tanh"
 TARGET = 0.25  # training error
@@ -191,13 +191,13 @@ def sweep(runner: Runner, act: str, budget: Budget, overrides: tuple[str, ...]) 
         reached = [e for e in (epochs_to_target(o.metrics) for o in outcomes) if e is not None]
         bound = math.ceil(min(reached)) if reached else None
         outcomes.append(runner.run(_spec(act, rates[len(outcomes)], 0, budget, overrides, bound)))
-        best = min(outcomes, key=_rank).info["lr"]
+        best = min(outcomes, key=_rank).facts["lr"]
         if len(outcomes) == len(rates) and len(rates) < budget.max_rates:
             if best == max(rates):
                 rates.append(best * 2)
             elif best == min(rates):
                 rates.append(best / 2)
-    return min(outcomes, key=_rank).info["lr"], outcomes
+    return min(outcomes, key=_rank).facts["lr"], outcomes
 
 
 def run_experiment(runner: Runner, seeds: int, budget: Budget, overrides: tuple[str, ...] = ()) -> dict:
@@ -217,7 +217,7 @@ def run_experiment(runner: Runner, seeds: int, budget: Budget, overrides: tuple[
 
 def _run_record(o: RunOutcome) -> dict:
     return {
-        "key": o.key, "activation": o.variant, "seed": o.seed, "lr": o.info["lr"], "status": o.status,
+        "key": o.key, "activation": o.variant, "seed": o.seed, "lr": o.facts["lr"], "status": o.status,
         "epochs_trained": o.epochs, "epochs_to_25": epochs_to_target(o.metrics),
         "train_error": [m["train_error"] for m in o.metrics],
         "images_per_s": statistics.fmean(m["images_per_s"] for m in o.metrics) if o.metrics else None,
@@ -253,7 +253,7 @@ def summarize(chosen: dict, sweeps: dict, finals: dict, budget: Budget, seeds: i
         "budget": asdict(budget),
         "seeds": list(range(seeds)),
         "overrides": list(overrides),
-        "config": {act: config_record(base_config(MODELS[act], chosen[act], 0, budget, budget.caps[act], overrides))
+        "config": {act: config_to_dict(base_config(MODELS[act], chosen[act], 0, budget, budget.caps[act], overrides))
                    for act in MODELS},
         "sweep": {act: {"chosen_lr": chosen[act], "runs": [_run_record(o) for o in sweeps[act]]} for act in MODELS},
         "runs": [_run_record(o) for act in MODELS for o in finals[act]],

@@ -30,8 +30,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from alexnet.config import Config, config_to_dict
-from alexnet.fsutil import atomic_write
+from scipy import stats
+
+from alexnet.config import Config
+from alexnet.fsutil import write_json
+from alexnet.rundir import RunPaths, write_metrics
+from alexnet.rundir import read_metrics as read_records
 
 Metrics = list[dict]
 OUTCOME_FILE = "experiment-run.json"
@@ -50,14 +54,14 @@ class RunSpec:
     variant: the label results group by ("relu", "tanh").
     config: complete; `run.epochs` is the most epochs the run may train, `run.seed` its seed.
     done: called with the whole epochs' metrics after each epoch; True ends the run (None: run to the cap).
-    info: JSON-ready facts results carry along (a learning rate, a role in a sweep).
+    facts: JSON-ready facts results carry along (a learning rate, a role in a sweep).
     """
 
     key: str
     variant: str
     config: Config
     done: Callable[[Metrics], bool] | None = None
-    info: dict = field(default_factory=dict)
+    facts: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -69,25 +73,20 @@ class RunOutcome:
     metrics: Metrics
     wall_s: float  # seconds spent in fit, over every call that trained this run
     run_dir: str
-    info: dict = field(default_factory=dict)
+    facts: dict = field(default_factory=dict)
 
     @property
     def epochs(self) -> int:
         return len(self.metrics)
 
+    @property
+    def paths(self) -> RunPaths:
+        return RunPaths(Path(self.run_dir))
+
 
 def read_metrics(run_dir: Path) -> Metrics:
     """The whole epochs' records of a run folder's metrics.jsonl (none when it has none yet)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if not r.get("partial")]
-
-
-def _write_json(path: Path, data: dict) -> None:
-    text = json.dumps(data, indent=2) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
+    return read_records(RunPaths(Path(run_dir)).metrics, whole_epochs=True)[0]
 
 
 class Runner:
@@ -114,6 +113,8 @@ class Runner:
         if not path.is_file():
             return None
         data = json.loads(path.read_text())
+        if "info" in data:  # the name of `facts` in markers written before 2026-12-05
+            data["facts"] = data.pop("info")
         return RunOutcome(**{**data, "metrics": read_metrics(self.root / key)})
 
     def run(self, spec: RunSpec) -> RunOutcome:
@@ -157,7 +158,7 @@ class Runner:
             finally:
                 wall += time.monotonic() - t0
                 if run_dir.is_dir():  # fit leaves no folder when the run could not start
-                    _write_json(wall_path, {"wall_s": wall})
+                    write_json(wall_path, {"wall_s": wall})
             if summary["status"] == "interrupted":
                 raise ExperimentInterrupted(
                     f"{spec.key} interrupted by signal {summary['signal']}; its checkpoint is saved, run the "
@@ -167,8 +168,8 @@ class Runner:
             if len(metrics) <= done_before:
                 raise RuntimeError(f"{run_dir}: fit returned without a new epoch (epoch {done_before})")
         outcome = RunOutcome(spec.key, spec.variant, spec.config.run.seed, status, metrics, wall, str(run_dir),
-                             spec.info)
-        _write_json(run_dir / OUTCOME_FILE, {k: v for k, v in asdict(outcome).items() if k != "metrics"})
+                             spec.facts)
+        write_json(run_dir / OUTCOME_FILE, {k: v for k, v in asdict(outcome).items() if k != "metrics"})
         self.log(f"{spec.key}: {status} after {outcome.epochs} epochs, {wall / 60:.1f} min")
         if self.on_finished is not None:
             self.on_finished(outcome)
@@ -201,7 +202,6 @@ def _synced_metrics(run_dir: Path) -> Metrics:
     """The run's whole epochs, from its checkpoint when metrics.jsonl lags it (a kill between the checkpoint's
     save and the metrics file's write leaves the file one epoch behind; resuming then trains nothing new)."""
     from alexnet.checkpoint import TrainingState
-    from alexnet.rundir import RunPaths, write_metrics
 
     metrics, paths = read_metrics(run_dir), RunPaths(Path(run_dir))
     if paths.latest.is_file():
@@ -257,20 +257,6 @@ def summary_stats(values: list[float]) -> dict:
     }
 
 
-# Student's t, 97.5 % quantile, by whole degrees of freedom; past the table's end the normal's 1.96.
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-         12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042, 60: 2.000, 120: 1.980}
-
-
 def t975(df: float) -> float:
-    """Student's t 97.5 % quantile for `df` degrees of freedom, at the table's nearest df at or below it
-    (the wider interval); 1.96 beyond 120."""
-    df = max(1, int(df))
-    if df > max(_T975):
-        return 1.96
-    return _T975[max(k for k in _T975 if k <= df)]
-
-
-def config_record(config: Config) -> dict:
-    """A config as results files store it (nested dicts)."""
-    return config_to_dict(config)
+    """Student's t 97.5 % quantile for `df` degrees of freedom (a 95 % two-sided interval)."""
+    return float(stats.t.ppf(0.975, max(1.0, df)))

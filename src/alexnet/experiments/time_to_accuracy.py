@@ -15,9 +15,9 @@ import statistics
 from dataclasses import asdict
 from pathlib import Path
 
-from alexnet.config import Config, load_config
+from alexnet.config import Config, config_to_dict, load_config
 from alexnet.experiments.data import ImagenetteBudget, imagenette_overrides
-from alexnet.experiments.runner import Metrics, Runner, RunOutcome, RunSpec, config_record, summary_stats
+from alexnet.experiments.runner import Metrics, Runner, RunOutcome, RunSpec, summary_stats
 
 NAME = "time-to-accuracy"
 CLAIM = "time to 60 % and 70 % Imagenette validation top-1 for the paper's network (a figure to track)"
@@ -83,7 +83,7 @@ def summarize(outcomes: list[RunOutcome], budget: Budget, seeds: int, overrides:
             for o in outcomes]
     results = {
         "experiment": NAME, "claim": CLAIM, "budget": asdict(budget), "seeds": list(range(seeds)),
-        "overrides": list(overrides), "config": config_record(base_config(0, budget, overrides)),
+        "overrides": list(overrides), "config": config_to_dict(base_config(0, budget, overrides)),
         "targets": per_target, "runs": runs, "wall_time_s": sum(o.wall_s for o in outcomes),
         "runs_trained": len(outcomes),
     }

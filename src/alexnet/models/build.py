@@ -114,7 +114,7 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> list[str]:
 
 
 @dataclass
-class Trained:
+class TrainedNetwork:
     """A trained network with what it needs at test time: its config, class ids and names, mean image."""
 
     model: nn.Module
@@ -130,7 +130,7 @@ class Trained:
         return Augmenter(replace(self.config.data, lighting_std=0.0), self.mean, device=device)
 
 
-def load_trained(path: str | os.PathLike, device: torch.device | str = "cpu") -> Trained:
+def load_trained(path: str | os.PathLike, device: torch.device | str = "cpu") -> TrainedNetwork:
     """Rebuild the network a checkpoint (`latest.pt`, `best.pt`) or an exported weights file
     (`.safetensors` with its `NAME.mean.npy` beside it, as `alexnet export` and `alexnet import-caffe`
     write them) was trained as, and load its weights."""
@@ -154,4 +154,4 @@ def load_trained(path: str | os.PathLike, device: torch.device | str = "cpu") ->
     except RuntimeError as e:
         raise CheckpointError(f"{path}: the weights do not fit {config.model.name}: {e}") from None
     model.to(device).eval()
-    return Trained(model, config, classes, names, mean, path)
+    return TrainedNetwork(model, config, classes, names, mean, path)
