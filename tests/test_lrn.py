@@ -244,3 +244,40 @@ def test_reporting_the_lrn_path_does_not_build_the_kernel_unless_asked():
             "print(lrn_path(build=False)[0], cpp_kernel_available.cache_info().currsize)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.split() == ["not", "built", "0"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize(("channels", "groups", "pool_kernel", "pool_stride", "side"),
+                         [(12, 2, 3, 2, 9), (96, 2, 3, 2, 13), (20, 1, 2, 2, 8), (7, 1, 3, 2, 6), (10, 2, 3, 1, 7)])
+def test_channels_last_kernel_equals_the_plain_one(dtype, channels, groups, pool_kernel, pool_stride, side):
+    """Channels-last maps go through their own kernel (every tower in one call, output channels-last): values
+    and gradients equal the plain layout's, and the float64 formula's, NaN included."""
+    x = (torch.randn(2, channels, side, side, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) * 60)
+    x[1, channels // 2, 1, 2] = float("nan")
+    x = x.to(dtype)
+    plain = x.clone().requires_grad_()
+    nhwc = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    args = dict(relu=True, pool_kernel=pool_kernel, pool_stride=pool_stride, groups=groups, backend="cpp")
+    want, got = lrn_max_pool(plain, **args), lrn_max_pool(nhwc, **args)
+    assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+    torch.testing.assert_close(got, want, equal_nan=True, rtol=0, atol=0)
+    g = torch.randn(want.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(6)).to(dtype)
+    want.backward(g)
+    got.backward(g.contiguous(memory_format=torch.channels_last))
+    tol = 1e-12 if dtype == torch.float64 else 1e-2  # window sums of a pooled gradient added in another order
+    torch.testing.assert_close(nhwc.grad, plain.grad, equal_nan=True, rtol=tol, atol=tol)
+    if dtype == torch.float64:
+        per = channels // groups
+        a = torch.relu(x)
+        ref = torch.cat([formula(a[:, t * per:(t + 1) * per]) for t in range(groups)], 1)
+        torch.testing.assert_close(got, F.max_pool2d(ref, pool_kernel, pool_stride), equal_nan=True)
+
+
+def test_channels_last_kernel_refuses_what_it_cannot_do():
+    x = torch.randn(1, 6, 5, 5).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="divide"):
+        lrn_max_pool(x, groups=4)
+    y, argmax = torch.ops.alexnet_lrn.pool_forward_nhwc(x, 5, 2e-5, 0.75, 2.0, True, 3, 2, 2)
+    with pytest.raises(RuntimeError, match="argmax"):
+        torch.ops.alexnet_lrn.pool_backward_nhwc(torch.ones_like(y), x, argmax.float(), 5, 2e-5, 0.75, 2.0, True,
+                                                 3, 2, 2)

@@ -282,3 +282,31 @@ def test_bf16_autocast_training_step_of_the_paper_net():
     loss.backward()
     assert torch.isfinite(loss) and model.conv1.weight.grad.dtype == torch.float32
     assert torch.isfinite(model.conv1.weight.grad).all() and model.conv1.weight.grad.abs().sum() > 0
+
+
+def test_the_paper_network_computes_the_same_on_channels_last_maps():
+    """The layout is a speed choice only: forward and weight gradients agree with the plain layout."""
+    torch.manual_seed(0)
+    plain = create_model("alexnet", num_classes=10, init="kaiming")
+    nhwc = create_model("alexnet", num_classes=10, init="kaiming").to(memory_format=torch.channels_last)
+    nhwc.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 224, 224)
+    outs = []
+    for model, inp in ((plain, x), (nhwc, x.contiguous(memory_format=torch.channels_last))):
+        model.eval()
+        out = model(inp)
+        out.square().sum().backward()
+        outs.append((out, model.conv2.weight.grad))
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(outs[1][1], outs[0][1], rtol=1e-3, atol=1e-4)
+
+
+def test_channels_last_is_chosen_for_bf16_on_a_cpu_with_amx(monkeypatch):
+    from alexnet import info
+
+    monkeypatch.setattr(info, "cpu_flags", lambda: ["avx512f", "avx512_bf16", "amx_bf16", "amx_tile"])
+    assert info.channels_last_by_default(torch.device("cpu"), "bf16")
+    assert not info.channels_last_by_default(torch.device("cpu"), "fp32")
+    assert not info.channels_last_by_default(torch.device("cuda"), "bf16")
+    monkeypatch.setattr(info, "cpu_flags", lambda: ["avx512f", "avx512_bf16"])
+    assert not info.channels_last_by_default(torch.device("cpu"), "bf16")

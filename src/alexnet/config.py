@@ -183,6 +183,8 @@ class RunConfig:
     `eval_every_epochs` validates every that many epochs and always at the end (0: only at the end);
     the paper's plateau schedule needs every epoch.
     `model_parallel = 2` places the two towers on two devices as the paper's Figure 2.
+    `channels_last` lays the maps out channels-last (NHWC); unset, the run chooses
+    (`alexnet.info.channels_last_by_default`: bf16 on a CPU with AMX) and records its choice in config.toml.
     """
 
     epochs: int = 90
@@ -192,7 +194,7 @@ class RunConfig:
     reserve_ten_crop: bool = False
     seed: int = 0
     precision: str = "fp32"
-    channels_last: bool = False
+    channels_last: bool | None = None
     compile: bool = False
     device: str = "auto"
     threads: int = 0

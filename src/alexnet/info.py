@@ -32,6 +32,31 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The CPU features that decide how fast training runs here: bf16 dot products (AVX-512 BF16) and the AMX
+# matrix units, which oneDNN uses for bf16 convolutions, fastest on channels-last maps.
+FLAGS_THAT_MATTER = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vp2intersect")
+
+
+def cpu_flags() -> list[str]:
+    """Which of FLAGS_THAT_MATTER this CPU has (from /proc/cpuinfo; none where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [flag for flag in FLAGS_THAT_MATTER if flag in have]
+    except OSError:
+        pass
+    return []
+
+
+def channels_last_by_default(device: torch.device, precision: str) -> bool:
+    """What `run.channels_last` left unset means: channels-last maps for bf16 training on a CPU with AMX, where
+    it was measured faster (oneDNN's AMX convolutions and the channels-last LRN kernel; docs/performance.md);
+    the plain layout everywhere else, where no measurement has shown a gain."""
+    return device.type == "cpu" and precision == "bf16" and "amx_bf16" in cpu_flags()
+
+
 def environment(device: str = "auto") -> dict:
     """The facts, as a JSON-ready dict."""
     dev = resolve_device(device)
@@ -43,6 +68,7 @@ def environment(device: str = "auto") -> dict:
         "torchvision": torchvision.__version__,
         "platform": platform.platform(),
         "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "threads": torch.get_num_threads(),
         "device": str(dev),

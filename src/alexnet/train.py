@@ -17,7 +17,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import islice
 from pathlib import Path
@@ -51,7 +51,7 @@ from alexnet.engine import (
     train_one_epoch,
 )
 from alexnet.fsutil import remove_temporaries, write_json
-from alexnet.info import environment
+from alexnet.info import channels_last_by_default, environment
 from alexnet.model_parallel import place_model, single_state_dict
 from alexnet.models.build import build_model, finetune_config, load_pretrained
 from alexnet.optim import LinearSchedule, Schedule, build_optimizer, build_schedule, parameter_groups
@@ -135,6 +135,9 @@ def _fit(config: Config, paths: RunPaths, resume: bool, pretrained, progress: bo
         torch.set_num_threads(config.run.threads)
     store = Store.open(resolve_store(config.data.store))
     config = config.with_num_classes(store.num_classes, f"store {store.root}")
+    if config.run.channels_last is None:
+        layout = channels_last_by_default(process.device, config.run.precision)
+        config = replace(config, run=replace(config.run, channels_last=layout))
     state, config = _resume_state(paths, config, resume, process)
     run = _build(config, process, store, state, pretrained)
     pos = _position(state, process, paths)

@@ -422,6 +422,234 @@ at::Tensor lrn_pool_backward(const at::Tensor& grad, const at::Tensor& input, co
   return gx;
 }
 
+// ---- The same fused ReLU -> LRN -> max pool on channels-last (N, H, W, C in memory) maps, towers in one call.
+//
+// oneDNN runs convolutions fastest on channels-last maps (with AMX, by far), and converting conv1's and conv2's
+// outputs to NCHW and back for the kernels above cost more than the normalisation. Here every position's
+// channels are contiguous: the window sums run along that vector, the pooling compares whole vectors and writes
+// channels-last output directly. `groups` towers of C / groups channels are normalised each on its own (the
+// window is clipped at a tower's edges), so the paper's per-tower LRN needs no reshape. The argmax is stored
+// channels-last too; sums are taken in the same channel order as above, so both layouts give the same numbers.
+
+// s = k + alpha * (window sum of sq) and out = s^-beta for the C channels of one position (towers of Cg).
+template <typename acc_t>
+inline void vector_window_scale(const acc_t* sq, acc_t* scale, int64_t C, int64_t Cg, const Params<acc_t>& P) {
+  const int64_t half = P.half;
+  const acc_t k = P.k, alpha = P.alpha;
+  for (int64_t g0 = 0; g0 < C; g0 += Cg) {
+    const acc_t* q = sq + g0;
+    acc_t* out = scale + g0;
+    for (int64_t c = 0; c < Cg; ++c) {
+      if (c == half && Cg > 2 * half) {  // the interior, where the whole window lies inside the tower
+        const int64_t end = Cg - half;
+        if (half == 2) {
+#pragma omp simd
+          for (int64_t i = half; i < end; ++i) out[i] = k + alpha * (q[i - 2] + q[i - 1] + q[i] + q[i + 1] + q[i + 2]);
+        } else {
+          for (int64_t i = half; i < end; ++i) {
+            acc_t sum = q[i - half];
+            for (int64_t j = i - half + 1; j <= i + half; ++j) sum += q[j];
+            out[i] = k + alpha * sum;
+          }
+        }
+        c = end - 1;
+        continue;
+      }
+      const int64_t lo = std::max<int64_t>(0, c - half), hi = std::min<int64_t>(Cg - 1, c + half);
+      acc_t sum = q[lo];
+      for (int64_t j = lo + 1; j <= hi; ++j) sum += q[j];
+      out[c] = k + alpha * sum;
+    }
+  }
+}
+
+// One image's LRN output, position-major with row stride Cp, from its channels-last input x (HW x C).
+template <typename scalar_t, typename acc_t>
+void nhwc_lrn_image(const scalar_t* x, acc_t* b, int64_t HW, int64_t C, int64_t Cp, int64_t Cg,
+                    const Params<acc_t>& P, acc_t* sq, acc_t* scale) {
+  for (int64_t p = 0; p < HW; ++p) {
+    const scalar_t* xp = x + p * C;
+    for (int64_t c = 0; c < C; ++c) {
+      const acc_t a = load<scalar_t, acc_t>(xp + c, P.relu);
+      sq[c] = a * a;
+    }
+    vector_window_scale(sq, scale, C, Cg, P);
+    pow_neg_beta(scale, scale, C, P.beta);
+    acc_t* row = b + p * Cp;
+    for (int64_t c = 0; c < C; ++c) row[c] = load<scalar_t, acc_t>(xp + c, P.relu) * scale[c];
+  }
+}
+
+// Max pooling of a position-major image b (row stride Cp) into channels-last y and arg (Ho x Wo x C).
+template <int KC, int SC, typename acc_t, typename scalar_t>
+void nhwc_max_pool_image(const acc_t* b, scalar_t* y, uint8_t* arg, int64_t C, int64_t Cp, int64_t W, int64_t Ho,
+                         int64_t Wo, int64_t k_rt, int64_t s_rt) {
+  const int64_t K = KC > 0 ? KC : k_rt, S = SC > 0 ? SC : s_rt;
+  for (int64_t i = 0; i < Ho; ++i) {
+    for (int64_t j = 0; j < Wo; ++j) {
+      scalar_t* yo = y + (i * Wo + j) * C;
+      uint8_t* ao = arg + (i * Wo + j) * C;
+      for (int64_t c0 = 0; c0 < Cp; c0 += kLanes) {
+        const acc_t* corner = b + (i * S * W + j * S) * Cp + c0;
+        acc_t bst[kLanes], wh[kLanes];
+#pragma omp simd
+        for (int64_t l = 0; l < kLanes; ++l) {
+          bst[l] = corner[l];
+          wh[l] = 0;
+        }
+        for (int64_t u = 0; u < K; ++u) {
+          for (int64_t v = u == 0 ? 1 : 0; v < K; ++v) {
+            const acc_t* __restrict row = corner + (u * W + v) * Cp;
+            const acc_t code = static_cast<acc_t>(u * K + v);
+#pragma omp simd
+            for (int64_t l = 0; l < kLanes; ++l) {
+              const acc_t val = row[l];
+              const bool take = (val > bst[l]) | (val != val);
+              bst[l] = take ? val : bst[l];
+              wh[l] = take ? code : wh[l];
+            }
+          }
+        }
+        const int64_t lanes = std::min<int64_t>(kLanes, C - c0);
+        for (int64_t l = 0; l < lanes; ++l) {
+          yo[c0 + l] = static_cast<scalar_t>(bst[l]);
+          ao[c0 + l] = static_cast<uint8_t>(wh[l]);
+        }
+      }
+    }
+  }
+}
+
+// The pooled gradient g (Ho x Wo x C) sent back to the maximum of each window in gb (H x W x C, zeroed): for
+// each of the window's offsets, every channel whose argmax code is that offset takes its gradient. K * K masked
+// passes over whole channel vectors vectorise, where a scatter to C different positions does not.
+template <typename acc_t>
+void nhwc_unpool_image(const acc_t* g, const uint8_t* arg, acc_t* gb, int64_t C, int64_t W, int64_t Ho,
+                       int64_t Wo, int64_t K, int64_t S) {
+  for (int64_t i = 0; i < Ho; ++i) {
+    for (int64_t j = 0; j < Wo; ++j) {
+      const acc_t* __restrict go = g + (i * Wo + j) * C;
+      const uint8_t* __restrict ao = arg + (i * Wo + j) * C;
+      for (int64_t u = 0; u < K; ++u) {
+        for (int64_t v = 0; v < K; ++v) {
+          acc_t* __restrict dst = gb + ((i * S + u) * W + j * S + v) * C;
+          const uint8_t code = static_cast<uint8_t>(u * K + v);
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) dst[c] += ao[c] == code ? go[c] : acc_t(0);
+        }
+      }
+    }
+  }
+}
+
+// LRN backward (see tile_backward) of one position's C channels: x its input, gq the gradient of its output,
+// gx the input's gradient; `work` holds 7 * C scratch values.
+template <typename scalar_t, typename acc_t>
+void nhwc_lrn_backward_position(const scalar_t* __restrict x, const acc_t* __restrict gq, scalar_t* __restrict gx,
+                                int64_t C, int64_t Cg, const Params<acc_t>& P, acc_t* work) {
+  acc_t *a = work, *sq = work + C, *scale = work + 2 * C, *pw = work + 3 * C, *t = work + 4 * C, *acc = work + 5 * C,
+        *xv = work + 6 * C;
+  const bool relu = P.relu;
+  for (int64_t c = 0; c < C; ++c) xv[c] = static_cast<acc_t>(x[c]);
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) {
+    a[c] = relu && xv[c] <= acc_t(0) ? acc_t(0) : xv[c];
+    sq[c] = a[c] * a[c];
+  }
+  vector_window_scale(sq, scale, C, Cg, P);
+  pow_neg_beta_and_ratio(scale, pw, t, C, P.beta);  // t = s^(-beta-1) for now
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) t[c] = gq[c] * a[c] * t[c];
+  const Params<acc_t> sum_only{P.half, acc_t(1), P.beta, acc_t(0), relu};  // k 0, alpha 1: the plain window sum
+  vector_window_scale(t, acc, C, Cg, sum_only);
+  const acc_t two_ab = acc_t(2) * P.alpha * P.beta;
+#pragma omp simd
+  for (int64_t c = 0; c < C; ++c) {
+    const bool dead = relu && !(xv[c] > acc_t(0));
+    const acc_t gr = gq[c] * pw[c] - two_ab * xv[c] * acc[c];
+    t[c] = dead ? acc_t(0) : gr;
+  }
+  for (int64_t c = 0; c < C; ++c) gx[c] = static_cast<scalar_t>(t[c]);
+}
+
+void check_groups(int64_t C, int64_t groups) {
+  TORCH_CHECK(groups >= 1 && C % groups == 0, "alexnet LRN+pool kernel: groups=", groups, " does not divide the ",
+              C, " channels");
+}
+
+std::tuple<at::Tensor, at::Tensor> lrn_pool_forward_nhwc(const at::Tensor& input, int64_t size, double alpha,
+                                                         double beta, double k, bool relu, int64_t pool_k,
+                                                         int64_t pool_s, int64_t groups) {
+  check_pool(input, size, pool_k, pool_s);
+  const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3), HW = H * W;
+  check_groups(C, groups);
+  auto x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t Ho = (H - pool_k) / pool_s + 1, Wo = (W - pool_k) / pool_s + 1;
+  auto y = at::empty({N, C, Ho, Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  auto idx = at::empty({N, C, Ho, Wo}, x.options().dtype(at::kByte).memory_format(at::MemoryFormat::ChannelsLast));
+  ALEXNET_DISPATCH(x.scalar_type(), "alexnet_lrn_pool_forward_nhwc", [&] {
+    const Params<acc_t> P{size / 2, acc_t(alpha), acc_t(beta), acc_t(k), relu};
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    uint8_t* ip = idx.mutable_data_ptr<uint8_t>();
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      const int64_t Cp = padded_channels(C);  // padding lanes stay 0 and are never written out
+      std::vector<acc_t> b(HW * Cp, acc_t(0)), sq(C), scale(C);
+      const auto pool = pool_k == 3 && pool_s == 2   ? &nhwc_max_pool_image<3, 2, acc_t, scalar_t>
+                        : pool_k == 2 && pool_s == 2 ? &nhwc_max_pool_image<2, 2, acc_t, scalar_t>
+                                                     : &nhwc_max_pool_image<0, 0, acc_t, scalar_t>;
+      for (int64_t n = begin; n < end; ++n) {
+        nhwc_lrn_image(xp + n * HW * C, b.data(), HW, C, Cp, C / groups, P, sq.data(), scale.data());
+        pool(b.data(), yp + n * Ho * Wo * C, ip + n * Ho * Wo * C, C, Cp, W, Ho, Wo, pool_k, pool_s);
+      }
+    });
+  });
+  return {y, idx};
+}
+
+at::Tensor lrn_pool_backward_nhwc(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& argmax,
+                                  int64_t size, double alpha, double beta, double k, bool relu, int64_t pool_k,
+                                  int64_t pool_s, int64_t groups) {
+  check_pool(input, size, pool_k, pool_s);
+  const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3), HW = H * W;
+  check_groups(C, groups);
+  const int64_t Ho = (H - pool_k) / pool_s + 1, Wo = (W - pool_k) / pool_s + 1;
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == N && grad.size(1) == C && grad.size(2) == Ho &&
+                  grad.size(3) == Wo,
+              "alexnet LRN+pool backward: gradient of shape ", grad.sizes(), " for a pooled output of ",
+              at::IntArrayRef({N, C, Ho, Wo}));
+  TORCH_CHECK(argmax.scalar_type() == at::kByte && argmax.sizes() == grad.sizes(),
+              "alexnet LRN+pool backward: argmax must be pool_forward's uint8 output of shape ", grad.sizes());
+  auto x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  auto idx = argmax.contiguous(at::MemoryFormat::ChannelsLast);
+  // the pooled gradient in the accumulation type once (it is a quarter of the maps): the unpooling's masked
+  // passes then compare and add float vectors only
+  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto g = grad.to(acc_type).contiguous(at::MemoryFormat::ChannelsLast);
+  auto gx = at::empty_like(x, at::MemoryFormat::ChannelsLast);
+  ALEXNET_DISPATCH(x.scalar_type(), "alexnet_lrn_pool_backward_nhwc", [&] {
+    const Params<acc_t> P{size / 2, acc_t(alpha), acc_t(beta), acc_t(k), relu};
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const acc_t* gp = g.const_data_ptr<acc_t>();
+    const uint8_t* ip = idx.const_data_ptr<uint8_t>();
+    scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
+    const int64_t Cg = C / groups;
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> gb(HW * C), work(7 * C);
+      for (int64_t n = begin; n < end; ++n) {
+        std::fill(gb.begin(), gb.end(), acc_t(0));
+        nhwc_unpool_image(gp + n * Ho * Wo * C, ip + n * Ho * Wo * C, gb.data(), C, W, Ho, Wo, pool_k, pool_s);
+        const scalar_t* xn = xp + n * HW * C;
+        scalar_t* gxn = gxp + n * HW * C;
+        for (int64_t q = 0; q < HW; ++q) {
+          nhwc_lrn_backward_position(xn + q * C, gb.data() + q * C, gxn + q * C, C, Cg, P, work.data());
+        }
+      }
+    });
+  });
+  return gx;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(alexnet_lrn, m) {
@@ -431,6 +659,10 @@ TORCH_LIBRARY(alexnet_lrn, m) {
         "int pool_s) -> (Tensor, Tensor)");
   m.def("pool_backward(Tensor grad, Tensor input, Tensor argmax, int size, float alpha, float beta, float k, "
         "bool relu, int pool_k, int pool_s) -> Tensor");
+  m.def("pool_forward_nhwc(Tensor input, int size, float alpha, float beta, float k, bool relu, int pool_k, "
+        "int pool_s, int groups) -> (Tensor, Tensor)");
+  m.def("pool_backward_nhwc(Tensor grad, Tensor input, Tensor argmax, int size, float alpha, float beta, "
+        "float k, bool relu, int pool_k, int pool_s, int groups) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(alexnet_lrn, CPU, m) {
@@ -438,4 +670,6 @@ TORCH_LIBRARY_IMPL(alexnet_lrn, CPU, m) {
   m.impl("backward", &lrn_backward);
   m.impl("pool_forward", &lrn_pool_forward);
   m.impl("pool_backward", &lrn_pool_backward);
+  m.impl("pool_forward_nhwc", &lrn_pool_forward_nhwc);
+  m.impl("pool_backward_nhwc", &lrn_pool_backward_nhwc);
 }

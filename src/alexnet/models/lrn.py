@@ -288,6 +288,30 @@ class _CppLRNPool(torch.autograd.Function):
         return grad_x, None, None, None, None, None, None, None
 
 
+class _CppLRNPoolChannelsLast(torch.autograd.Function):
+    """The fused kernel on channels-last maps, every tower in one call (no reshape, no layout change)."""
+
+    @staticmethod
+    def forward(ctx, x, size, alpha, beta, k, relu, pool_kernel, pool_stride, groups):
+        params = (size, alpha, beta, k, relu, pool_kernel, pool_stride, groups)
+        y, argmax = torch.ops.alexnet_lrn.pool_forward_nhwc(x, *params)
+        ctx.save_for_backward(x, argmax)
+        ctx.params = params
+        ctx.mark_non_differentiable(argmax)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, argmax = ctx.saved_tensors
+        grad_x = torch.ops.alexnet_lrn.pool_backward_nhwc(grad, x, argmax, *ctx.params)
+        return grad_x, None, None, None, None, None, None, None, None
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """A 4-D tensor laid out (N, H, W, C) in memory, and not also plain contiguous (one pixel, one channel)."""
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 def _use_cpp(x: torch.Tensor, backend: str) -> bool:
     if backend not in ("auto", "cpp", "torch"):
         raise ValueError(f"LRN backend {backend!r}: expected 'auto', 'cpp' or 'torch'")
@@ -340,6 +364,10 @@ def lrn_max_pool(
     ``alpha`` and ``groups`` as in :func:`local_response_norm`.
     """
     _check_args(x, size)
+    if is_channels_last(x) and _use_cpp(x, backend):
+        if x.shape[1] % groups:
+            raise ValueError(f"LRN groups={groups} does not divide the {x.shape[1]} channels")
+        return _CppLRNPoolChannelsLast.apply(x, size, alpha, beta, k, relu, pool_kernel, pool_stride, groups)
     if groups != 1:
         y = lrn_max_pool(_per_group(x, groups), size, alpha, beta, k, relu, pool_kernel, pool_stride, backend)
         return y.reshape(x.shape[0], x.shape[1], *y.shape[2:])
