@@ -19,41 +19,24 @@ from pathlib import Path
 from alexnet.fsutil import atomic_write
 
 
+def _inside(relative: str) -> property:
+    """A path of the run folder, relative to its root."""
+    return property(lambda paths: paths.root / relative, doc=f"RUN/{relative}")
+
+
 @dataclass(frozen=True)
 class RunPaths:
+    """The paths of run folder `root`, as the module docstring lays them out."""
+
     root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.toml"
-
-    @property
-    def environment(self) -> Path:
-        return self.root / "environment.json"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def latest(self) -> Path:
-        return self.checkpoints / "latest.pt"
-
-    @property
-    def best(self) -> Path:
-        return self.checkpoints / "best.pt"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    @property
-    def plot(self) -> Path:
-        return self.root / "curves.png"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / "tensorboard"
+    config = _inside("config.toml")
+    environment = _inside("environment.json")
+    checkpoints = _inside("checkpoints")
+    latest = _inside("checkpoints/latest.pt")
+    best = _inside("checkpoints/best.pt")
+    metrics = _inside("metrics.jsonl")
+    plot = _inside("curves.png")
+    tensorboard = _inside("tensorboard")
 
 
 def read_metrics(path: Path, whole_epochs: bool = False) -> tuple[list[dict], int]:

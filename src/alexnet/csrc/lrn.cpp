@@ -278,6 +278,32 @@ constexpr int64_t kLanes = 16;
 
 inline int64_t padded_channels(int64_t C) { return (C + kLanes - 1) / kLanes * kLanes; }
 
+// The maximum over a K x K window of position-major rows (Cp apart, W positions a row) for kLanes channels at
+// `corner`, and its offset u * K + v in the window. The first maximum in row-major window order wins, and a
+// NaN wins over numbers and over earlier NaNs, as in torch. KC > 0 fixes K at compile time (the loops unroll).
+template <int KC, typename acc_t>
+inline void window_max(const acc_t* corner, int64_t W, int64_t Cp, int64_t k_rt, acc_t* bst, acc_t* wh) {
+  const int64_t K = KC > 0 ? KC : k_rt;
+#pragma omp simd
+  for (int64_t l = 0; l < kLanes; ++l) {
+    bst[l] = corner[l];
+    wh[l] = 0;
+  }
+  for (int64_t u = 0; u < K; ++u) {
+    for (int64_t v = u == 0 ? 1 : 0; v < K; ++v) {
+      const acc_t* __restrict row = corner + (u * W + v) * Cp;
+      const acc_t code = static_cast<acc_t>(u * K + v);
+#pragma omp simd
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const acc_t val = row[l];
+        const bool take = (val > bst[l]) | (val != val);
+        bst[l] = take ? val : bst[l];
+        wh[l] = take ? code : wh[l];
+      }
+    }
+  }
+}
+
 template <int KC, int SC, typename acc_t, typename scalar_t>
 void max_pool_image(const acc_t* b, scalar_t* y, uint8_t* arg, int64_t C, int64_t W, int64_t Ho, int64_t Wo,
                     int64_t k_rt, int64_t s_rt, acc_t* best, acc_t* where) {
@@ -287,24 +313,7 @@ void max_pool_image(const acc_t* b, scalar_t* y, uint8_t* arg, int64_t C, int64_
       for (int64_t c0 = 0; c0 < Cp; c0 += kLanes) {
         const acc_t* corner = b + (i * S * W + j * S) * Cp + c0;
         acc_t bst[kLanes], wh[kLanes];
-#pragma omp simd
-        for (int64_t l = 0; l < kLanes; ++l) {
-          bst[l] = corner[l];
-          wh[l] = 0;
-        }
-        for (int64_t u = 0; u < K; ++u) {
-          for (int64_t v = u == 0 ? 1 : 0; v < K; ++v) {
-            const acc_t* __restrict row = corner + (u * W + v) * Cp;
-            const acc_t code = static_cast<acc_t>(u * K + v);
-#pragma omp simd
-            for (int64_t l = 0; l < kLanes; ++l) {
-              const acc_t val = row[l];
-              const bool take = (val > bst[l]) | (val != val);
-              bst[l] = take ? val : bst[l];
-              wh[l] = take ? code : wh[l];
-            }
-          }
-        }
+        window_max<KC, acc_t>(corner, W, Cp, K, bst, wh);
 #pragma omp simd
         for (int64_t l = 0; l < kLanes; ++l) {
           best[j * Cp + c0 + l] = bst[l];
@@ -492,24 +501,7 @@ void nhwc_max_pool_image(const acc_t* b, scalar_t* y, uint8_t* arg, int64_t C, i
       for (int64_t c0 = 0; c0 < Cp; c0 += kLanes) {
         const acc_t* corner = b + (i * S * W + j * S) * Cp + c0;
         acc_t bst[kLanes], wh[kLanes];
-#pragma omp simd
-        for (int64_t l = 0; l < kLanes; ++l) {
-          bst[l] = corner[l];
-          wh[l] = 0;
-        }
-        for (int64_t u = 0; u < K; ++u) {
-          for (int64_t v = u == 0 ? 1 : 0; v < K; ++v) {
-            const acc_t* __restrict row = corner + (u * W + v) * Cp;
-            const acc_t code = static_cast<acc_t>(u * K + v);
-#pragma omp simd
-            for (int64_t l = 0; l < kLanes; ++l) {
-              const acc_t val = row[l];
-              const bool take = (val > bst[l]) | (val != val);
-              bst[l] = take ? val : bst[l];
-              wh[l] = take ? code : wh[l];
-            }
-          }
-        }
+        window_max<KC, acc_t>(corner, W, Cp, K, bst, wh);
         const int64_t lanes = std::min<int64_t>(kLanes, C - c0);
         for (int64_t l = 0; l < lanes; ++l) {
           yo[c0 + l] = static_cast<scalar_t>(bst[l]);

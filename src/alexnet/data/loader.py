@@ -200,6 +200,22 @@ def _streaming_images(images: Any) -> Any:
     return images
 
 
+def _hold(batches: TrainBatches | EvalBatches, images: Any, labels: np.ndarray | torch.Tensor, part: slice | None,
+          device: torch.device | str, in_memory: bool, streaming: tuple[int, int, bool, bool]) -> None:
+    """What both kinds of batches keep: the device, the labels, and the images of `part` (None: all) on the
+    device (in memory) or the whole split to stream from (`streaming`: workers, prefetch, processes,
+    device_decode)."""
+    batches.device = torch.device(device)
+    batches.in_memory = in_memory
+    batches._streaming = _Streaming(batches.device, *streaming)
+    batches.labels = _as_labels(labels, len(images))
+    if in_memory:
+        batches.images = _load_all(images if part is None else images[part], batches.device)
+        batches.labels = (batches.labels if part is None else batches.labels[part]).to(batches.device)
+    else:
+        batches.images = _streaming_images(images)
+
+
 def _from_store(cls: type[_Batches], store: _Store, split: str, in_memory: bool, kwargs: dict) -> _Batches:
     """``cls`` over a store's split; JPEG shards are decoded on a CUDA device, else in worker processes,
     unless told otherwise."""
@@ -231,20 +247,9 @@ class TrainBatches:
     """
 
     def __init__(
-        self,
-        images: Any,
-        labels: np.ndarray | torch.Tensor,
-        batch_size: int,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-        drop_last: bool = True,
-        device: torch.device | str = "cpu",
-        in_memory: bool = False,
-        workers: int = 2,
-        prefetch: int = 3,
-        processes: bool = False,
-        device_decode: bool = False,
+        self, images: Any, labels: np.ndarray | torch.Tensor, batch_size: int, seed: int, rank: int = 0,
+        world_size: int = 1, drop_last: bool = True, device: torch.device | str = "cpu", in_memory: bool = False,
+        workers: int = 2, prefetch: int = 3, processes: bool = False, device_decode: bool = False,
     ) -> None:
         _check_rank(rank, world_size, batch_size)
         if world_size > 1 and not drop_last:
@@ -255,15 +260,7 @@ class TrainBatches:
         self.n = len(images)
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.drop_last = drop_last
-        self.device = torch.device(device)
-        self.in_memory = in_memory
-        self._streaming = _Streaming(self.device, workers, prefetch, processes, device_decode)
-        self.labels = _as_labels(labels, self.n)
-        if in_memory:
-            self.images = _load_all(images, self.device)
-            self.labels = self.labels.to(self.device)
-        else:
-            self.images = _streaming_images(images)
+        _hold(self, images, labels, None, device, in_memory, (workers, prefetch, processes, device_decode))
         global_batch = batch_size * world_size
         self._len = self.n // global_batch if drop_last else -(-self.n // global_batch)
         if self._len == 0:
@@ -326,32 +323,16 @@ class EvalBatches:
     """
 
     def __init__(
-        self,
-        images: Any,
-        labels: np.ndarray | torch.Tensor,
-        batch_size: int,
-        rank: int = 0,
-        world_size: int = 1,
-        device: torch.device | str = "cpu",
-        in_memory: bool = False,
-        workers: int = 2,
-        prefetch: int = 3,
-        processes: bool = False,
-        device_decode: bool = False,
+        self, images: Any, labels: np.ndarray | torch.Tensor, batch_size: int, rank: int = 0, world_size: int = 1,
+        device: torch.device | str = "cpu", in_memory: bool = False, workers: int = 2, prefetch: int = 3,
+        processes: bool = False, device_decode: bool = False,
     ) -> None:
         _check_rank(rank, world_size, batch_size)
         n = len(images)
         self.batch_size = batch_size
-        self.device = torch.device(device)
-        self.in_memory = in_memory
-        self._streaming = _Streaming(self.device, workers, prefetch, processes, device_decode)
         self.start, self.stop = rank * n // world_size, (rank + 1) * n // world_size
-        self.labels = _as_labels(labels, n)
-        if in_memory:
-            self.images = _load_all(images[self.start : self.stop], self.device)
-            self.labels = self.labels[self.start : self.stop].to(self.device)
-        else:
-            self.images = _streaming_images(images)
+        _hold(self, images, labels, slice(self.start, self.stop), device, in_memory,
+              (workers, prefetch, processes, device_decode))
 
     @classmethod
     def from_store(

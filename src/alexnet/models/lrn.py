@@ -272,10 +272,15 @@ def cuda_lrn_path() -> tuple[str, str]:
 
 
 class _CppLRNPool(torch.autograd.Function):
+    """The fused kernel: `params` are the operators' arguments after the input (groups last, for the
+    channels-last pair, which normalises every tower in one call)."""
+
     @staticmethod
-    def forward(ctx, x, size, alpha, beta, k, relu, pool_kernel, pool_stride):
-        params = (size, alpha, beta, k, relu, pool_kernel, pool_stride)
-        y, argmax = torch.ops.alexnet_lrn.pool_forward(x, *params)
+    def forward(ctx, x, channels_last, *params):
+        ops = torch.ops.alexnet_lrn
+        forward, ctx.backward_op = ((ops.pool_forward_nhwc, ops.pool_backward_nhwc) if channels_last
+                                    else (ops.pool_forward, ops.pool_backward))
+        y, argmax = forward(x, *params)
         ctx.save_for_backward(x, argmax)
         ctx.params = params
         ctx.mark_non_differentiable(argmax)
@@ -284,27 +289,7 @@ class _CppLRNPool(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, argmax = ctx.saved_tensors
-        grad_x = torch.ops.alexnet_lrn.pool_backward(grad, x, argmax, *ctx.params)
-        return grad_x, None, None, None, None, None, None, None
-
-
-class _CppLRNPoolChannelsLast(torch.autograd.Function):
-    """The fused kernel on channels-last maps, every tower in one call (no reshape, no layout change)."""
-
-    @staticmethod
-    def forward(ctx, x, size, alpha, beta, k, relu, pool_kernel, pool_stride, groups):
-        params = (size, alpha, beta, k, relu, pool_kernel, pool_stride, groups)
-        y, argmax = torch.ops.alexnet_lrn.pool_forward_nhwc(x, *params)
-        ctx.save_for_backward(x, argmax)
-        ctx.params = params
-        ctx.mark_non_differentiable(argmax)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, argmax = ctx.saved_tensors
-        grad_x = torch.ops.alexnet_lrn.pool_backward_nhwc(grad, x, argmax, *ctx.params)
-        return grad_x, None, None, None, None, None, None, None, None
+        return ctx.backward_op(grad, x, argmax, *ctx.params), None, *(None for _ in ctx.params)
 
 
 def is_channels_last(x: torch.Tensor) -> bool:
@@ -367,12 +352,12 @@ def lrn_max_pool(
     if is_channels_last(x) and _use_cpp(x, backend):
         if x.shape[1] % groups:
             raise ValueError(f"LRN groups={groups} does not divide the {x.shape[1]} channels")
-        return _CppLRNPoolChannelsLast.apply(x, size, alpha, beta, k, relu, pool_kernel, pool_stride, groups)
+        return _CppLRNPool.apply(x, True, size, alpha, beta, k, relu, pool_kernel, pool_stride, groups)
     if groups != 1:
         y = lrn_max_pool(_per_group(x, groups), size, alpha, beta, k, relu, pool_kernel, pool_stride, backend)
         return y.reshape(x.shape[0], x.shape[1], *y.shape[2:])
     if _use_cpp(x, backend):
-        return _CppLRNPool.apply(x, size, alpha, beta, k, relu, pool_kernel, pool_stride)
+        return _CppLRNPool.apply(x, False, size, alpha, beta, k, relu, pool_kernel, pool_stride)
     y = _function(x, backend).apply(x, size, alpha, beta, k, relu)
     return F.max_pool2d(y, pool_kernel, pool_stride)
 
