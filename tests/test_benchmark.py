@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from alexnet.benchmark import _overall_rate
+from alexnet.benchmark import overall_rate
 
 
 def test_the_end_to_end_rate_weighs_each_epoch_by_its_images(tmp_path):
@@ -12,4 +12,4 @@ def test_the_end_to_end_rate_weighs_each_epoch_by_its_images(tmp_path):
     lines = [{"epoch": 1.0, "images_per_s": 100.0}, {"epoch": 1.5, "images_per_s": 200.0, "partial": True}]
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text("".join(json.dumps(r) + "\n" for r in lines))
-    assert _overall_rate(metrics) == pytest.approx(1.5 / 1.25 * 100.0)  # 120, not the last record's 200
+    assert overall_rate(metrics) == pytest.approx(1.5 / 1.25 * 100.0)  # 120, not the last record's 200

@@ -77,7 +77,7 @@ def test_the_validation_estimate_leaves_out_the_first_batch(monkeypatch):
     run = SimpleNamespace(process=SimpleNamespace(device="cpu"), unwrapped=SimpleNamespace(train=lambda: None),
                           config=SimpleNamespace(run=SimpleNamespace(precision="fp32", channels_last=False)),
                           eval_batches=[None] * 16, augmenter=SimpleNamespace(center=None))
-    assert train._time_validation(run, lambda: now[0], batches=2) == 16.0  # 16 batches of 1 s, not 16 x 50.5
+    assert train.time_validation(run, lambda: now[0], batches=2) == 16.0  # 16 batches of 1 s, not 16 x 50.5
 
 
 @pytest.mark.slow

@@ -31,8 +31,8 @@ def test_paired_bootstrap_and_seed_intervals():
     difference = (int(full.sum()) - int(worse.sum())) / len(full)
     lo, hi = ablations.paired_bootstrap(worse, full)
     assert 0 < lo < difference < hi
-    assert ablations._interval_over_seeds([0.01]) is None
-    lo, hi = ablations._interval_over_seeds([0.01, 0.03])
+    assert ablations.interval_over_seeds([0.01]) is None
+    lo, hi = ablations.interval_over_seeds([0.01, 0.03])
     assert lo < 0.02 < hi and lo < 0  # two seeds, t = 12.7: wide
 
 

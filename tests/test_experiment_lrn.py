@@ -12,7 +12,7 @@ import torch
 
 from alexnet.data.prepare import prepare_store
 from alexnet.experiments import lrn_cifar
-from alexnet.experiments.data import _hold_out
+from alexnet.experiments.data import hold_out
 from alexnet.experiments.runner import Runner
 from alexnet.models.local import LocallyConnected2d
 from alexnet.models.lrn import LocalResponseNorm
@@ -101,11 +101,11 @@ def test_hold_out_moves_the_last_images_of_each_class(tmp_path):
     root = make_image_folder(tmp_path / "images", {"train": 5}, size=8)
     first = sorted((root / "train").iterdir())[0]
     names = sorted(f.name for f in first.iterdir())
-    _hold_out(root, 2)
+    hold_out(root, 2)
     assert sorted(f.name for f in (root / "val" / first.name).iterdir()) == names[-2:]
     assert sorted(f.name for f in first.iterdir()) == names[:-2]
     with pytest.raises(ValueError, match="cannot hold out 3"):
-        _hold_out(root, 3)
+        hold_out(root, 3)
 
 
 def test_welch_interval():

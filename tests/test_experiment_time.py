@@ -22,7 +22,7 @@ def test_reached_is_the_first_epoch_end_at_or_above_the_target():
                {"epoch": 3.0, "val_top1_error": 0.3, "wall_time_s": 180.0}]
     assert tta.reached(metrics, 0.6) == {"epoch": 2.0, "wall_s": 120.0, "accuracy": pytest.approx(0.61)}
     assert tta.reached(metrics, 0.7)["epoch"] == 3.0 and tta.reached(metrics, 0.8) is None
-    assert not tta._done(metrics[:2]) and tta._done(metrics)
+    assert not tta.reached_target(metrics[:2]) and tta.reached_target(metrics)
 
 
 @pytest.mark.slow

@@ -45,10 +45,10 @@ def test_epochs_to_target_interpolates_between_epoch_ends():
 
 
 def test_stop_rule_extra_epochs_after_reaching_and_the_sweep_bound():
-    done = rvt._done(extra=2, bound=None)
+    done = rvt.done_rule(extra=2, bound=None)
     assert not done(_records([0.5, 0.2])) and not done(_records([0.5, 0.2, 0.1]))
     assert done(_records([0.5, 0.2, 0.1, 0.1]))  # reached in epoch 2, then 2 more
-    bounded = rvt._done(extra=0, bound=3)
+    bounded = rvt.done_rule(extra=0, bound=3)
     assert not bounded(_records([0.5, 0.4])) and bounded(_records([0.5, 0.4, 0.3]))
 
 
@@ -156,7 +156,7 @@ def test_runner_keeps_finished_runs_when_stopped_between_runs(tmp_path, store):
 
 def test_a_longer_spec_continues_a_finished_run_and_a_shorter_one_gets_its_first_epochs(tmp_path, store):
     def spec(epochs: int) -> RunSpec:
-        return RunSpec("run", "relu", tiny_config(store, f"run.epochs={epochs}", *SMOKE), rvt._done(0, None))
+        return RunSpec("run", "relu", tiny_config(store, f"run.epochs={epochs}", *SMOKE), rvt.done_rule(0, None))
 
     short = Runner(tmp_path, log=lambda line: None).run(spec(1))
     longer = Runner(tmp_path, log=lambda line: None)
@@ -169,7 +169,7 @@ def test_a_longer_spec_continues_a_finished_run_and_a_shorter_one_gets_its_first
 
 def test_metrics_file_one_epoch_behind_its_checkpoint_is_caught_up_not_retrained(tmp_path, store):
     # a kill between the checkpoint's save and the metrics file's write leaves the file an epoch behind
-    spec = RunSpec("run", "relu", tiny_config(store, "run.epochs=1", *SMOKE), rvt._done(0, None))
+    spec = RunSpec("run", "relu", tiny_config(store, "run.epochs=1", *SMOKE), rvt.done_rule(0, None))
     trained = Runner(tmp_path, log=lambda line: None).run(spec)
     (tmp_path / "run" / OUTCOME_FILE).unlink()
     (tmp_path / "run" / "metrics.jsonl").write_text("")

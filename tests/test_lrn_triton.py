@@ -18,7 +18,7 @@ CHECK = textwrap.dedent("""
     import json, os
     os.environ["TRITON_INTERPRET"] = "1"
     import torch
-    from alexnet.models.lrn import _lrn_backward, _lrn_forward
+    from alexnet.models.lrn import lrn_formula_backward, lrn_formula
     from alexnet.models.lrn_triton import TritonLRN
     torch.manual_seed(0)
     cases = [((2, 7, 5, 6), True, 0.75, 5, "float32"), ((1, 12, 3, 3), False, 0.6, 3, "float32"),
@@ -30,8 +30,8 @@ CHECK = textwrap.dedent("""
         y = TritonLRN.apply(x, size, 1e-2, beta, 2.0, relu)
         (gx,) = torch.autograd.grad(y, x, g)
         x64 = x.detach().double()
-        want_y = _lrn_forward(x64, size, 1e-2, beta, 2.0, relu)
-        want_g = _lrn_backward(g.double(), x64, size, 1e-2, beta, 2.0, relu)
+        want_y = lrn_formula(x64, size, 1e-2, beta, 2.0, relu)
+        want_g = lrn_formula_backward(g.double(), x64, size, 1e-2, beta, 2.0, relu)
         out.append({"case": [shape, relu, beta, size, dtype], "dtype": str(y.dtype),
                     "forward": (y.double() - want_y).abs().max().item(),
                     "backward": (gx.double() - want_g).abs().max().item(),

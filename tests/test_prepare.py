@@ -17,6 +17,7 @@ from alexnet.data.decode import decode_rgb, resize_center_crop
 from alexnet.data.prepare import format_prepare_summary, prepare_store
 from alexnet.data.store import Store
 from alexnet.errors import DataError
+from helpers_data import data_reference, data_write_tree
 
 SIZE = 32
 A, B = "n01440764", "n02102040"
@@ -36,7 +37,7 @@ def data_messy_tree(data_good_images, data_bad_files) -> dict[str, bytes]:
     return tree
 
 
-def _messy_folder(root: Path, tree: dict[str, bytes], data_write_tree) -> Path:
+def _messy_folder(root: Path, tree: dict[str, bytes]) -> Path:
     data_write_tree(tree, root)
     (root / "train" / "n09999999").mkdir()  # an empty class folder
     os.symlink("loop_b.JPEG", root / "train" / A / "loop_a.JPEG")
@@ -46,9 +47,9 @@ def _messy_folder(root: Path, tree: dict[str, bytes], data_write_tree) -> Path:
 
 
 def test_messy_folder_converts_every_mode_and_reports_every_bad_file(
-    tmp_path, capfd, data_messy_tree, data_bad_files, data_write_tree, data_reference
+    tmp_path, capfd, data_messy_tree, data_bad_files
 ):
-    root = _messy_folder(tmp_path / "messy", data_messy_tree, data_write_tree)
+    root = _messy_folder(tmp_path / "messy", data_messy_tree)
     summary = prepare_store(root, tmp_path / "store", size=SIZE, workers=2, shard_size=4, progress=False)
     good = {k: v for k, v in data_messy_tree.items() if Path(k).name not in data_bad_files}
     store = Store.open(tmp_path / "store")
@@ -81,7 +82,7 @@ def test_messy_folder_converts_every_mode_and_reports_every_bad_file(
     assert "skipped 9 file(s)" in format_prepare_summary(summary)
 
 
-def test_mean_and_pca_equal_numpy_over_the_stored_train_images(tmp_path, data_messy_tree, data_write_tree):
+def test_mean_and_pca_equal_numpy_over_the_stored_train_images(tmp_path, data_messy_tree):
     root = data_write_tree({k: v for k, v in data_messy_tree.items() if k.endswith(".JPEG")}, tmp_path / "d")
     summary = prepare_store(root, tmp_path / "s", size=SIZE, workers=2, shard_size=3, progress=False)
     store = Store.open(tmp_path / "s")
@@ -96,7 +97,7 @@ def test_mean_and_pca_equal_numpy_over_the_stored_train_images(tmp_path, data_me
 
 
 def test_pixel_limit_and_class_with_no_readable_image(
-    tmp_path, data_good_images, data_bad_files, data_write_tree
+    tmp_path, data_good_images, data_bad_files
 ):
     tree = {f"train/{A}/big.JPEG": data_good_images["rgb"], f"train/{A}/small.JPEG": data_good_images["grey"]}
     root = data_write_tree(tree, tmp_path / "d")
@@ -118,7 +119,7 @@ def test_native_size_keeps_pixels_exactly():
     )
 
 
-def test_source_by_name_rerun_and_changed_settings(tmp_path, monkeypatch, data_good_images, data_write_tree):
+def test_source_by_name_rerun_and_changed_settings(tmp_path, monkeypatch, data_good_images):
     tree = {
         f"mini/train/{A}/a.JPEG": data_good_images["rgb"],
         f"mini/val/{A}/b.JPEG": data_good_images["cmyk"],
@@ -162,7 +163,7 @@ _KILLER = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def data_resume_source(tmp_path_factory, data_good_images, data_write_tree) -> Path:
+def data_resume_source(tmp_path_factory, data_good_images) -> Path:
     blobs = list(data_good_images.values())
     tree = {
         f"{split}/{c}/{i:02d}.JPEG": blobs[(i + j) % len(blobs)]
@@ -228,7 +229,7 @@ def test_cifar10_jpeg_end_to_end(tmp_path):
     np.testing.assert_allclose(store.mean.mean(axis=(1, 2)) / 255, [0.491, 0.482, 0.447], atol=2e-3)
 
 
-def _tiny_imagenet(root: Path, good: bytes, data_write_tree) -> Path:
+def _tiny_imagenet(root: Path, good: bytes) -> Path:
     """Tiny ImageNet's layout as distributed: train/<wnid>/images/*.JPEG plus <wnid>_boxes.txt, val/images
     labelled by val/val_annotations.txt, an unlabeled test/images, wnids.txt, words.txt, a .DS_Store."""
     wnids = ["n00001740", "n01443537", "n01629819"]  # the first is not an ILSVRC-2012 class
@@ -255,9 +256,9 @@ def _tiny_imagenet(root: Path, good: bytes, data_write_tree) -> Path:
 
 
 def test_tiny_imagenet_layout_gives_the_labelled_classes_only_and_groups_the_side_files(
-    tmp_path, data_good_images, data_write_tree, capsys
+    tmp_path, data_good_images, capsys
 ):
-    source = _tiny_imagenet(tmp_path / "src", data_good_images["rgb"], data_write_tree) / "tiny-imagenet-200"
+    source = _tiny_imagenet(tmp_path / "src", data_good_images["rgb"]) / "tiny-imagenet-200"
     summary = prepare_store(source, tmp_path / "store", size=16, workers=1, progress=False)
     store = Store.open(tmp_path / "store")
     assert store.classes == ["n00001740", "n01443537", "n01629819"]  # not "images" from test/images
@@ -277,7 +278,7 @@ def test_tiny_imagenet_layout_gives_the_labelled_classes_only_and_groups_the_sid
     assert err.count("skipped") <= 3 * len({s["reason"].split(":")[0] for s in summary["skipped"]}) + 1
 
 
-def test_a_validation_class_absent_from_training_is_an_error_naming_it(tmp_path, data_good_images, data_write_tree):
+def test_a_validation_class_absent_from_training_is_an_error_naming_it(tmp_path, data_good_images):
     rgb = data_good_images["rgb"]
     tree = {f"train/{A}/a.JPEG": rgb, f"val/{A}/b.JPEG": rgb, f"val/{B}/c.JPEG": rgb}
     source = data_write_tree(tree, tmp_path / "src")

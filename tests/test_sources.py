@@ -14,6 +14,7 @@ import pytest
 from alexnet.data import labels
 from alexnet.data.sources import Entry, Source, ilsvrc_val_labels, open_source
 from alexnet.errors import DataError
+from helpers_data import data_write_tree
 
 SYNSETS = ["n01440764", "n02102040", "n03888257"]
 
@@ -42,7 +43,7 @@ def _read_all(src: Source) -> dict[tuple[str, str, str], bytes]:
 
 
 @pytest.mark.parametrize("kind", ["folder", "tar", "tar.gz", "zip"])
-def test_class_folders_in_every_container(tmp_path, kind, data_good_images, data_write_tree):
+def test_class_folders_in_every_container(tmp_path, kind, data_good_images):
     tree = _tree(data_good_images)
     wrapped = {f"mydata/{k}": v for k, v in tree.items()} if kind != "folder" else tree
     dest = tmp_path / ("data" if kind == "folder" else f"data.{kind}")
@@ -55,7 +56,7 @@ def test_class_folders_in_every_container(tmp_path, kind, data_good_images, data
     assert src.problems == []
 
 
-def test_single_split_folder_takes_its_name(tmp_path, data_good_images, data_write_tree):
+def test_single_split_folder_takes_its_name(tmp_path, data_good_images):
     root = data_write_tree({"a/x.JPEG": data_good_images["rgb"]}, tmp_path / "val")
     assert [(e.split, e.label) for e in open_source(root).entries] == [("val", "a")]
     root = data_write_tree({"a/x.JPEG": data_good_images["rgb"]}, tmp_path / "pets")
@@ -152,7 +153,7 @@ def test_devkit_meta_mat(tmp_path, data_good_images):
     assert {e.name.removesuffix(".JPEG"): e.label for e in src.entries if e.split == "val"} == truth
 
 
-def test_flat_folder_with_annotations_file(tmp_path, data_good_images, data_write_tree):
+def test_flat_folder_with_annotations_file(tmp_path, data_good_images):
     tree = {
         "train/n01440764/images/a.JPEG": data_good_images["rgb"],
         "train/n02102040/images/b.JPEG": data_good_images["rgb"],
@@ -188,7 +189,7 @@ def _cifar_batches(rng: np.random.Generator) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("kind", ["folder", "tar.gz"])
-def test_cifar_python_batches(tmp_path, kind, data_write_tree):
+def test_cifar_python_batches(tmp_path, kind):
     files = _cifar_batches(np.random.default_rng(0))
     tree = {f"cifar-10-batches-py/{k}": v for k, v in files.items()}
     dest = tmp_path / ("cifar" if kind == "folder" else "cifar-10-python.tar.gz")
@@ -208,7 +209,7 @@ class _Boom:
         return (os.system, ("touch PWNED",))
 
 
-def test_cifar_batch_that_would_run_code_is_refused(tmp_path, monkeypatch, data_write_tree):
+def test_cifar_batch_that_would_run_code_is_refused(tmp_path, monkeypatch):
     files = _cifar_batches(np.random.default_rng(0))
     files["data_batch_1"] = pickle.dumps({b"data": _Boom()}, protocol=2)
     root = data_write_tree(files, tmp_path / "cifar")
@@ -218,7 +219,7 @@ def test_cifar_batch_that_would_run_code_is_refused(tmp_path, monkeypatch, data_
     assert not (tmp_path / "PWNED").exists()
 
 
-def test_links_loops_and_empty_folders_are_reported_not_raised(tmp_path, data_good_images, data_write_tree):
+def test_links_loops_and_empty_folders_are_reported_not_raised(tmp_path, data_good_images):
     root = data_write_tree({"train/a/x.JPEG": data_good_images["rgb"]}, tmp_path / "d")
     (root / "train" / "b").mkdir()
     os.symlink("loop2", root / "train" / "a" / "loop1.JPEG")
@@ -236,7 +237,7 @@ def test_links_loops_and_empty_folders_are_reported_not_raised(tmp_path, data_go
     assert "empty class folder" in reasons["train/b"]
 
 
-def test_file_vanishing_before_read_yields_the_error(tmp_path, data_good_images, data_write_tree):
+def test_file_vanishing_before_read_yields_the_error(tmp_path, data_good_images):
     root = data_write_tree({"a/x.JPEG": data_good_images["rgb"], "a/y.JPEG": b"1"}, tmp_path / "d")
     src = open_source(root)
     (root / "a" / "y.JPEG").unlink()
@@ -262,7 +263,7 @@ def test_labels_names_and_indices():
 
 
 @pytest.mark.parametrize("kind", ["folder", "zip", "tar", "tar.gz"])
-def test_tiny_imagenet_as_published_with_side_files_at_every_level(tmp_path, data_good_images, data_write_tree,
+def test_tiny_imagenet_as_published_with_side_files_at_every_level(tmp_path, data_good_images,
                                                                     kind):
     """A public copy of Tiny ImageNet: an unlabeled test/ split holding images/ and a .DS_Store, side files of
     macOS and Windows at the top, in the splits and in class folders (and a zip's __MACOSX/ tree). It

@@ -267,7 +267,7 @@ class AnonPeak:
         self._thread.join()
 
 
-def _overall_rate(metrics: Path) -> float:
+def overall_rate(metrics: Path) -> float:
     """Training images per second over every epoch record of a run (the steps span several epochs, and the
     last one may be partial): each record's images from its share of an epoch, its seconds from its rate."""
     records = [r for r in read_metrics(metrics)[0] if r.get("images_per_s")]
@@ -283,7 +283,7 @@ def end_to_end(store_path: Path, work: Path, steps: int, precision: str, model_r
                                   "run.checkpoint_every_minutes=0", "run.checkpoint_every_epochs=0"])
     with AnonPeak() as peak, contextlib.redirect_stdout(sys.stderr):  # fit's epoch line is not the result
         summary = fit(config, work / "e2e", progress=False)
-    rate = _overall_rate(Path(summary["metrics"]))
+    rate = overall_rate(Path(summary["metrics"]))
     return {"steps": steps, "precision": precision, "images_per_s": rate, "model_only_images_per_s": model_rate,
             "ratio": rate / model_rate, "peak_rss_anon_gib": peak.peak_kb / 2**20}
 

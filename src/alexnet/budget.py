@@ -19,9 +19,9 @@ from alexnet.config import RunConfig
 from alexnet.distributed import all_reduce_max
 from alexnet.signals import StopSignal
 
-# Steps timed before the plan is made (about 25 s of a CPU demo): the first four are slower and are skipped
-# (allocations, caches, oneDNN choosing its kernels: on a 2-core CPU the second step still ran conv1 at 3.6x
-# its steady time; with only two skipped, a demo's plan took 0.90 s a step where the run then averaged 0.84).
+# Steps timed before the plan is made (about 25 s of a CPU demo). The first four are not timed: allocations,
+# caches and oneDNN choosing its kernels make them slower than the steady state (the second step can still
+# run conv1 at several times its later speed), and timing them would plan too few steps.
 PLAN_SKIP_STEPS = 4
 PLAN_AT_STEP = 26
 # Logging an epoch (metrics, TensorBoard, redrawing the curves) on top of its validation and save.

@@ -169,7 +169,7 @@ def _fit(config: Config, paths: RunPaths, resume: bool, pretrained, progress: bo
                 counts = evaluate(eval_model, run.eval_batches, run.augmenter.center, store.num_classes,
                                   autocast=autocast, channels_last=config.run.channels_last,
                                   progress=progress and process.is_main, total=len(run.eval_batches))
-            record, is_best = _end_epoch(run, pos, counts, control.elapsed(), cut_short=control.stopping)
+            record, is_best = end_epoch(run, pos, counts, control.elapsed(), cut_short=control.stopping)
             every = config.run.checkpoint_every_epochs
             latest = control.stopping or pos.epoch >= last or bool(every and pos.epoch % every == 0)
             _save(run, pos, control, paths, latest=latest, best=is_best)
@@ -211,7 +211,7 @@ def _plan_budget(run: Run, pos: Position, control: StopRules, paths: RunPaths) -
     step_s = control.timer.seconds_per_step(pos.step)
     if step_s is None:
         return
-    eval_s = _time_validation(run, control.clock)
+    eval_s = time_validation(run, control.clock)
     t0 = control.clock()
     _save(run, pos, control, paths, latest=True)
     plan = make_plan(run.config.run, pos.step, control.elapsed(), run.steps_per_epoch, step_s, eval_s,
@@ -225,10 +225,10 @@ def _plan_budget(run: Run, pos: Position, control: StopRules, paths: RunPaths) -
         print(describe_plan(plan, run.steps_per_epoch), flush=True)
 
 
-def _time_validation(run: Run, clock: Callable[[], float], batches: int = 2) -> float:
+def time_validation(run: Run, clock: Callable[[], float], batches: int = 2) -> float:
     """Seconds for this process's centre-crop validation pass, from timing `batches` batches after a first
-    one that is not timed: the first inference batch also builds the kernels for its shapes (timing it made a
-    demo keep 176 s for evaluations that took about 105)."""
+    one that is not timed: the first inference batch also builds the kernels for its shapes, so timing it would
+    overstate every later pass and keep too much of a budget for them."""
     start, t0, timed = clock(), None, 0
     autocast = autocast_context(run.process.device, run.config.run.precision)
     for _ in islice(predict(run.unwrapped, run.eval_batches, run.augmenter.center, autocast=autocast,
@@ -330,7 +330,7 @@ def _per_process_batch(config: Config, world_size: int) -> int:
     return b // world_size
 
 
-def _end_epoch(run: Run, pos: Position, counts: Counts | None, wall: float, cut_short: bool) -> tuple[dict, bool]:
+def end_epoch(run: Run, pos: Position, counts: Counts | None, wall: float, cut_short: bool) -> tuple[dict, bool]:
     """Record the epoch's metrics (validation ones None when `counts` is None: not validated); a whole epoch
     also steps the schedule (on the validation error) and moves the position to the next epoch.
     Returns (the record, whether it is the best so far)."""

@@ -10,12 +10,11 @@ vectors to short binary codes" (the method of Krizhevsky and Hinton, 2011). Here
   squared error and Adam for 10 epochs.
 * Binary during training too: the decoder sees the code itself (the logistic rounded to 0 or 1) while
   the gradient passes through the logistic (a straight-through estimator).
-  What we tried first, on the demo's checkpoint on Imagenette (precision@6 over the validation split):
-  semantic hashing's Gaussian noise on the code layer's input (standard deviation 4), without its RBM
-  pre-training, left every 32-bit code identical (chance); straight-through codes from uncentred
-  vectors through a 1024-unit encoder gave 22 % at 32 bits and 42 % at 256; centring, the linear
-  encoder and a decoder whose output layer starts at zero gave 48.6 % and 54.2 % (random hyperplanes:
-  43.8 % and 57.0 %; Euclidean fc7: 56.9 %), with nearly all codes distinct and every bit used.
+  Why these choices: semantic hashing's Gaussian noise on the code layer's input, without its RBM
+  pre-training, drives every code to the same value; uncentred vectors through a wider (1024-unit)
+  encoder give codes that use few of their bits. Centring, the linear encoder and a decoder whose output
+  layer starts at zero give nearly all-distinct codes with every bit in use (the README's analyses
+  section has the measured precision of each).
 * A code is the sign of the code layer's input (the logistic above 0.5), B bits packed 8 to a byte.
 * The baseline a learnt code must beat: random hyperplanes (the signs of B Gaussian projections of the
   centred vectors, locality-sensitive hashing), same bits, same search.

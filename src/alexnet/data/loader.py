@@ -3,11 +3,11 @@
 Batches leave here as uint8 (B,3,S,S) on the training device, with int64 labels; augmentation
 (:mod:`alexnet.data.augment`) runs on the device afterwards.
 
-Three ways to get the pixels, chosen by the arguments:
+Four ways to get the pixels, chosen by the arguments:
 
 - ``in_memory=True``: the whole split is one uint8 tensor on the device (CIFAR-10 and Imagenette
   fit); a batch is one ``index_select`` there.
-- streaming from raw uint8 shards (memory maps) or an array: background threads gather the next
+- streaming from raw uint8 shards (read with pread) or an array: background threads gather the next
   few batches (indices sorted within a batch for locality, then put back in shuffled order)
   into pinned memory when the device is a GPU; numpy's copies release the GIL.
 - streaming with ``processes=True`` (a store whose shards hold JPEG bytes, decoded by

@@ -145,7 +145,7 @@ def run_experiment(runner: Runner, seeds: int, budget: Budget, overrides: tuple[
     return summarize(outcomes, hits, budget, seeds, overrides)
 
 
-def _interval_over_seeds(diffs: list[float]) -> list[float] | None:
+def interval_over_seeds(diffs: list[float]) -> list[float] | None:
     if len(diffs) < 2:
         return None
     t = t975(len(diffs) - 1)
@@ -182,7 +182,7 @@ def summarize(outcomes: dict[str, list[RunOutcome]], hits: dict, budget: Budget,
             diffs = [e - f[f"{which}_error"] for e, f in zip(errors, _full_runs(outcomes, hits), strict=True)]
             row[f"{which}_error"] = statistics.fmean(errors)
             row[f"{which}_difference"] = statistics.fmean(diffs)
-            row[f"{which}_interval_seeds"] = _interval_over_seeds(diffs)
+            row[f"{which}_interval_seeds"] = interval_over_seeds(diffs)
             row[f"{which}_interval_images"] = paired_bootstrap(mine[i], full_hits[i]) if v.key != "full" else None
             intervals = [x for x in (row[f"{which}_interval_seeds"], row[f"{which}_interval_images"]) if x]
             row[f"{which}_within_noise"] = v.key != "full" and any(lo <= 0 <= hi for lo, hi in intervals)

@@ -91,13 +91,13 @@ def cifar10_store(train_per_class: int | None = None, test_per_class: int | None
         archive.extractall(extracted, members=_subset_members(archive, limits), filter="data")
     root = extracted / "cifar10"
     if held_out_per_class:
-        _hold_out(root, held_out_per_class)
+        hold_out(root, held_out_per_class)
     prepare_store(root, store, size=32, progress=False)
     shutil.rmtree(extracted, ignore_errors=True)
     return store
 
 
-def _hold_out(root: Path, per_class: int) -> None:
+def hold_out(root: Path, per_class: int) -> None:
     """Move the last `per_class` training images of each class (file-name order) to root/val/<class>/."""
     for folder in sorted((root / "train").iterdir()):
         files = sorted(folder.iterdir())

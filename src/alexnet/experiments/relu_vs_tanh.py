@@ -157,7 +157,7 @@ def epochs_to_target(metrics: Metrics, target: float = TARGET, start: float = CH
     return None
 
 
-def _done(extra: int, bound: int | None):
+def done_rule(extra: int, bound: int | None):
     """The stop rule: `extra` epochs after the one that reached 25 %, or, not reached, at `bound` epochs."""
 
     def done(metrics: Metrics) -> bool:
@@ -172,7 +172,7 @@ def _done(extra: int, bound: int | None):
 def _spec(act: str, lr: float, seed: int, budget: Budget, overrides: tuple[str, ...],
           bound: int | None = None) -> RunSpec:
     config = base_config(MODELS[act], lr, seed, budget, budget.caps[act], overrides)
-    return RunSpec(f"{act}-lr{lr:g}-seed{seed}", act, config, _done(budget.extra_epochs, bound),
+    return RunSpec(f"{act}-lr{lr:g}-seed{seed}", act, config, done_rule(budget.extra_epochs, bound),
                    {"lr": lr, "activation": act})
 
 

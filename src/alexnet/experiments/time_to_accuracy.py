@@ -54,13 +54,13 @@ def reached(metrics: Metrics, target: float) -> dict | None:
     return None
 
 
-def _done(metrics: Metrics) -> bool:
+def reached_target(metrics: Metrics) -> bool:
     return reached(metrics, max(TARGETS)) is not None
 
 
 def run_experiment(runner: Runner, seeds: int, budget: Budget, overrides: tuple[str, ...] = ()) -> dict:
     overrides = imagenette_overrides(budget, overrides)
-    outcomes = [runner.run(RunSpec(f"seed{seed}", "alexnet", base_config(seed, budget, overrides), _done))
+    outcomes = [runner.run(RunSpec(f"seed{seed}", "alexnet", base_config(seed, budget, overrides), reached_target))
                 for seed in range(seeds)]
     return summarize(outcomes, budget, seeds, overrides)
 

@@ -159,14 +159,14 @@ def _wide(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def _lrn_forward(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, relu: bool) -> torch.Tensor:
+def lrn_formula(x: torch.Tensor, size: int, alpha: float, beta: float, k: float, relu: bool) -> torch.Tensor:
     """The formula in tensor ops; half-precision input is computed in float32 and handed back as given."""
     a = _wide(x).clamp_min(0) if relu else _wide(x)
     scale = k + alpha * _window_sum(a * a, size // 2)
     return (a * scale.pow(-beta)).to(x.dtype)
 
 
-def _lrn_backward(grad: torch.Tensor, x: torch.Tensor, size: int, alpha: float, beta: float, k: float,
+def lrn_formula_backward(grad: torch.Tensor, x: torch.Tensor, size: int, alpha: float, beta: float, k: float,
                   relu: bool) -> torch.Tensor:
     """grad_a_m = g_m s_m^-beta - 2 alpha beta a_m sum_{i in window(m)} g_i a_i s_i^(-beta-1)."""
     a = _wide(x).clamp_min(0) if relu else _wide(x)
@@ -201,12 +201,12 @@ class _TorchLRN(torch.autograd.Function):
     def forward(ctx, x, size, alpha, beta, k, relu):
         ctx.save_for_backward(x)
         ctx.params = (size, alpha, beta, k, relu)
-        return _math(_lrn_forward, x)(x, size, alpha, beta, k, relu)
+        return _math(lrn_formula, x)(x, size, alpha, beta, k, relu)
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        return _math(_lrn_backward, x)(grad, x, *ctx.params), None, None, None, None, None
+        return _math(lrn_formula_backward, x)(grad, x, *ctx.params), None, None, None, None, None
 
 
 class _CppLRN(torch.autograd.Function):
