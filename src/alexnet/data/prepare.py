@@ -288,20 +288,13 @@ def prepare_store(
         "version": STORE_VERSION,
     }
     if (out / "meta.json").is_file():
-        meta = json.loads((out / "meta.json").read_text())
-        if (meta.get("source"), meta.get("size"), meta.get("encoding")) != (str(source_path), size, encoding):
-            raise DataError(
-                f"{out} already holds a store of {meta.get('source')} at size {meta.get('size')} "
-                f"({meta.get('encoding')}); pass another --out or delete it"
-            )
+        _check_same_store(out, json.loads((out / "meta.json").read_text()), params)
         return _summary_from_store(out, time.perf_counter() - start, 0)
 
     src = open_source(source_path)
     log = SkipLog()
     for name, reason in src.problems:
         log.report(name, reason, print)
-    classes = src.classes
-    class_index = labels_mod.class_index(classes)
     plan = _plan(src, shard_size)
     _check_resumable(out, params)
     remove_temporaries(out)
@@ -310,19 +303,34 @@ def prepare_store(
     todo = [(s, i, entries) for s, i, entries in plan if not _work_path(out, s, i).is_file()]
     total = len(src.entries)
     done_before = total - sum(len(entries) for _, _, entries in todo)
+    bar = tqdm(total=total, initial=done_before, unit="img", desc="prepare", dynamic_ncols=True,
+               disable=not progress or not sys.stderr.isatty())
+    _decode_shards(out, src, todo, params, workers, log, bar)
+    bar.close()
+    _finish(out, src, plan, size, encoding, src.classes)
+    shutil.rmtree(out / ".work")
+    return _summary_from_store(out, time.perf_counter() - start, total - done_before)
+
+
+def _check_same_store(out: Path, meta: dict, params: dict) -> None:
+    """A finished store at `out` is reused only when it holds the same source at the same size and encoding."""
+    wanted = (params["source"], params["size"], params["encoding"])
+    if (meta.get("source"), meta.get("size"), meta.get("encoding")) != wanted:
+        raise DataError(
+            f"{out} already holds a store of {meta.get('source')} at size {meta.get('size')} "
+            f"({meta.get('encoding')}); pass another --out or delete it"
+        )
+
+
+def _decode_shards(out: Path, src: Source, todo: list, params: dict, workers: int, log: SkipLog, bar: tqdm) -> None:
+    """Read the entries of the shards still to do in the source's own order, and hand each shard to a worker
+    process as soon as all its images are read (compressed archives can only be read front to back)."""
+    size, encoding, max_pixels = params["size"], params["encoding"], params["max_pixels"]
+    class_index = labels_mod.class_index(src.classes)
     stats_split = _stats_split(src)
     shard_of = {(e.split, e.name): (s, i, pos) for s, i, entries in todo for pos, e in enumerate(entries)}
     pending = {(s, i): len(entries) for s, i, entries in todo}
     buffers: dict[tuple[str, int], list] = {key: [] for key in pending}
-
-    bar = tqdm(
-        total=total,
-        initial=done_before,
-        unit="img",
-        desc="prepare",
-        dynamic_ncols=True,
-        disable=not progress or not sys.stderr.isatty(),
-    )
     context = multiprocessing.get_context("fork")
     with context.Pool(workers, initializer=_init_worker, initargs=(max_pixels,)) as pool:
         in_flight: deque = deque()
@@ -344,10 +352,6 @@ def prepare_store(
                 in_flight.append(pool.apply_async(_process_shard, (task,)))
                 collect(block=len(in_flight) > workers)
         collect(block=True)
-    bar.close()
-    _finish(out, src, plan, size, encoding, classes)
-    shutil.rmtree(out / ".work")
-    return _summary_from_store(out, time.perf_counter() - start, total - done_before)
 
 
 def format_prepare_summary(summary: dict) -> str:
