@@ -206,7 +206,6 @@ def test_demo_stops_after_an_interrupted_fit(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ALEXNET_CACHE", str(tmp_path / "cache"))
     (tmp_path / "cache" / "stores" / "imagenette").mkdir(parents=True)
     (tmp_path / "cache" / "stores" / "imagenette" / "meta.json").write_text("{}")
-    monkeypatch.setattr(alexnet.demo, "resolve_source", lambda name: tmp_path / name)
     run = tmp_path / "run"
     summary = {
         "status": "interrupted",

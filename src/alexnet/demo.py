@@ -21,10 +21,9 @@ from alexnet.analysis.kernels import write_kernels
 from alexnet.analysis.predictions import store_predictions
 from alexnet.analysis.report import write_report
 from alexnet.config import load_config
-from alexnet.data.prepare import prepare_store
+from alexnet.data.prepare import cached_store
 from alexnet.evaluate import evaluate_checkpoints
 from alexnet.fsutil import write_json
-from alexnet.paths import cache_dir, resolve_source
 from alexnet.train import fit
 
 IMAGENETTE = "imagenette2-224"
@@ -49,12 +48,7 @@ imagenette2-224.tar.gz or unpacked as imagenette2-224/, in the folder ALEXNET_DA
 
 def demo_store() -> Path:
     """The prepared Imagenette store under $ALEXNET_CACHE/stores, prepared once from $ALEXNET_DATA."""
-    store = cache_dir() / "stores" / "imagenette"
-    if not (store / "meta.json").is_file():
-        source = resolve_source(IMAGENETTE)
-        print(f"preparing {source} into {store} (once) ...", flush=True)
-        prepare_store(source, store, size=256)
-    return store
+    return cached_store("imagenette", IMAGENETTE)
 
 
 def run_demo(run_dir: str | None = None, minutes: float = 15.0, as_json: bool = False) -> int:

@@ -44,7 +44,7 @@ from alexnet.data.store import (
 )
 from alexnet.errors import BadImage, DataError
 from alexnet.fsutil import remove_temporaries
-from alexnet.paths import resolve_source
+from alexnet.paths import cache_dir, resolve_source
 
 DEFAULT_SHARD_SIZE = 1024
 
@@ -352,6 +352,17 @@ def _decode_shards(out: Path, src: Source, todo: list, params: dict, workers: in
                 in_flight.append(pool.apply_async(_process_shard, (task,)))
                 collect(block=len(in_flight) > workers)
         collect(block=True)
+
+
+def cached_store(name: str, source: str, size: int = 256) -> Path:
+    """The store $ALEXNET_CACHE/stores/NAME, prepared once from `source` (a name under $ALEXNET_DATA, or a
+    path) the first time it is asked for (FileNotFoundError, naming where it looked, if the source is absent)."""
+    store = cache_dir() / "stores" / name
+    if not (store / "meta.json").is_file():
+        found = resolve_source(source)
+        print(f"preparing {found} into {store} (once) ...", flush=True)
+        prepare_store(found, store, size=size)
+    return store
 
 
 def format_prepare_summary(summary: dict) -> str:

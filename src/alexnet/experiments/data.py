@@ -16,7 +16,8 @@ from pathlib import Path
 from alexnet.paths import cache_dir, resolve_source
 
 CIFAR10 = "cifar10-jpeg"
-IMAGENETTE = "imagenette"
+IMAGENETTE = "imagenette"  # the demo's store, under $ALEXNET_CACHE/stores
+IMAGENETTE_SOURCE = "imagenette2-224"
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,9 @@ def imagenette_overrides(budget: ImagenetteBudget, overrides: tuple[str, ...]) -
     store or the budget names another."""
     if budget.store != IMAGENETTE or any(o.startswith("data.store=") for o in overrides):
         return overrides
-    from alexnet.demo import demo_store  # imports the training code: only when the store is needed
+    from alexnet.data.prepare import cached_store  # imports torch: only when the store is needed
 
-    return (f"data.store={demo_store()}", *overrides)
+    return (f"data.store={cached_store(IMAGENETTE, IMAGENETTE_SOURCE)}", *overrides)
 
 
 def _subset_members(archive: tarfile.TarFile, per_class: dict[str, int | None]) -> list[tarfile.TarInfo]:
