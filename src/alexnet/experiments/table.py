@@ -41,7 +41,10 @@ def table_row(results: dict) -> str:
     for row in rows:
         setting = f"{_hardware(results)}; {row['setting']}; {results['wall_time_s'] / 60:.1f} min"
         figure = f" ([plot](results/{results['plot']}))" if results.get("plot") else ""
-        cells = [row["claim"] + figure, row["paper"], row["ours"], setting, f"`{results['command']}`"]
+        ours = row["ours"]
+        if results.get("old_network"):  # measured before the faithful network, not yet re-run
+            ours = f"**measured on the old network** ({results['old_network']}; to be re-run): {ours}"
+        cells = [row["claim"] + figure, row["paper"], ours, setting, f"`{results['command']}`"]
         text += "| " + " | ".join(_cell(c) for c in cells) + " |\n"
     return text
 
@@ -49,11 +52,16 @@ def table_row(results: dict) -> str:
 def write_table(out: str | os.PathLike = "experiments") -> Path:
     """Write OUT/README.md from every OUT/results/*.json; returns its path."""
     out = Path(out)
-    files = sorted((out / "results").glob("*.json"))
-    rows = [table_row(json.loads(f.read_text())) for f in files]
+    results = {f.name: json.loads(f.read_text()) for f in sorted((out / "results").glob("*.json"))}
+    rows = [table_row(r) for r in results.values() if "table" in r]
     text = HEADER + "".join(rows)
     if not rows:
         text += "| (no results yet: run `alexnet experiment NAME`) | | | | |\n"
+    records = [f"- [{name}](results/{name}): `{r.get('command', '')}`" for name, r in results.items()
+               if "table" not in r]
+    if records:
+        text += "\nRecords of single runs that the README cites (not experiments over seeds):\n\n"
+        text += "\n".join(records) + "\n"
     path = out / "README.md"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: f.write(text.encode()))
