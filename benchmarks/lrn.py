@@ -37,7 +37,7 @@ def main() -> None:
         "C++ ReLU+LRN+max-pool (the model's)": lambda t: lrn_max_pool(t, backend="cpp"),
         "C++ LRN": lambda t: local_response_norm(t, backend="cpp"),
         "pure-PyTorch LRN (fallback)": lambda t: local_response_norm(t, backend="torch"),
-        "torch.nn.functional LRN (alpha x5)": lambda t: F.local_response_norm(t, 5, 5e-4, 0.75, 2.0),
+        "torch.nn.functional LRN (the same constants)": lambda t: F.local_response_norm(t, 5, 1e-4, 0.75, 2.0),
     }
     for shape in ((128, 96, 55, 55), (128, 256, 27, 27)):
         x = (torch.randn(shape) * 20).relu().requires_grad_()
