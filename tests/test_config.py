@@ -4,17 +4,8 @@ from dataclasses import replace
 
 import pytest
 
-from alexnet.config import (
-    Config,
-    adopt_unset_keys,
-    config_from_dict,
-    config_to_dict,
-    list_presets,
-    load_config,
-    save_config,
-    to_toml,
-    upgrade_v1_config,
-)
+from alexnet.config import Config, config_from_dict, config_to_dict, list_presets, load_config, save_config, to_toml
+from alexnet.resume import adopt_unset_keys, upgrade_v1_config
 
 
 def test_defaults_are_the_papers():

@@ -26,13 +26,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
-from alexnet.config import Config, config_from_dict, config_to_dict, upgrade_v1_config
+from alexnet.config import Config, config_from_dict, config_to_dict
 from alexnet.errors import CheckpointError
 from alexnet.fsutil import atomic_write
+from alexnet.resume import upgrade_v1_config
 
 # The layout of `TrainingState` as saved. Version 2 added the config keys model.dropout_form, model.lrn_alpha,
 # optim.decay_biases and optim.bias_lr_scale; a version-1 checkpoint reads with the values that reproduce
-# what it computed (`alexnet.config.upgrade_v1_config`): inverted dropout, alpha undivided, biases decayed.
+# what it computed (`alexnet.resume.upgrade_v1_config`): inverted dropout, alpha undivided, biases decayed.
 FORMAT = "alexnet-checkpoint-2"
 FORMAT_V1 = "alexnet-checkpoint-1"
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from alexnet.budget import StopRules, describe_plan, make_plan
 from alexnet.checkpoint import TrainingState
-from alexnet.config import Config, RunConfig, adopt_unset_keys, resume_conflicts, save_config
+from alexnet.config import Config, RunConfig, save_config
 from alexnet.data.augment import Augmenter
 from alexnet.data.loader import EvalBatches, TrainBatches
 from alexnet.data.store import Store
@@ -56,6 +56,7 @@ from alexnet.model_parallel import place_model, single_state_dict
 from alexnet.models.build import build_model, finetune_config, load_pretrained
 from alexnet.optim import LinearSchedule, Schedule, build_optimizer, build_schedule, parameter_groups
 from alexnet.paths import resolve_store
+from alexnet.resume import adopt_unset_keys, resume_conflicts
 from alexnet.rundir import RunLogger, RunPaths
 from alexnet.seeding import batch_generator, rng_state, set_rng_state
 from alexnet.signals import StopSignal

@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 import numpy as np
 import torch
@@ -226,7 +226,20 @@ def _from_store(cls: type[_Batches], store: _Store, split: str, in_memory: bool,
     return cls(images, store.labels(split), in_memory=in_memory, **kwargs)
 
 
-class TrainBatches:
+class _FromStore:
+    """`from_store` for both kinds of batches: `_split` names the store attribute of the default split."""
+
+    _split: str
+
+    @classmethod
+    def from_store(cls, store: _Store, split: str | None = None, *, in_memory: bool = False,
+                   **kwargs: Any) -> Self:
+        """Batches of ``split`` (default: the store's training split for TrainBatches, its evaluation split
+        for EvalBatches); other arguments as the constructor."""
+        return _from_store(cls, store, split or getattr(store, cls._split), in_memory, kwargs)
+
+
+class TrainBatches(_FromStore):
     """Shuffled training batches of one rank, a new permutation each epoch.
 
     Args:
@@ -245,6 +258,8 @@ class TrainBatches:
         processes: gather in worker processes (stores of JPEG shards, decoded on access).
         device_decode: gather JPEG bytes and decode each batch on ``device`` (JPEG shards, a GPU).
     """
+
+    _split = "train_split"
 
     def __init__(
         self, images: Any, labels: np.ndarray | torch.Tensor, batch_size: int, seed: int, rank: int = 0,
@@ -269,13 +284,6 @@ class TrainBatches:
                 f"(batch_size {batch_size} x world_size {world_size}); "
                 "lower batch_size or set drop_last=False"
             )
-
-    @classmethod
-    def from_store(
-        cls, store: _Store, split: str | None = None, *, in_memory: bool = False, **kwargs: Any
-    ) -> TrainBatches:
-        """Batches of ``split`` (default ``store.train_split``); other arguments as the constructor."""
-        return _from_store(cls, store, split or store.train_split, in_memory, kwargs)
 
     def __len__(self) -> int:
         return self._len
@@ -313,7 +321,7 @@ class TrainBatches:
             yield k, images, labels
 
 
-class EvalBatches:
+class EvalBatches(_FromStore):
     """Evaluation batches of one rank: a contiguous part of the split, every image exactly once.
 
     Rank r holds images ``[r*N//W, (r+1)*N//W)`` (parts differ by at most one image, so batch
@@ -321,6 +329,8 @@ class EvalBatches:
     image once. Iterating yields ``(images uint8 (B,3,S,S), labels int64 (B,))`` in order; the
     last batch of a part may be smaller.
     """
+
+    _split = "eval_split"
 
     def __init__(
         self, images: Any, labels: np.ndarray | torch.Tensor, batch_size: int, rank: int = 0, world_size: int = 1,
@@ -333,13 +343,6 @@ class EvalBatches:
         self.start, self.stop = rank * n // world_size, (rank + 1) * n // world_size
         _hold(self, images, labels, slice(self.start, self.stop), device, in_memory,
               (workers, prefetch, processes, device_decode))
-
-    @classmethod
-    def from_store(
-        cls, store: _Store, split: str | None = None, *, in_memory: bool = False, **kwargs: Any
-    ) -> EvalBatches:
-        """Batches of ``split`` (default ``store.eval_split``); other arguments as the constructor."""
-        return _from_store(cls, store, split or store.eval_split, in_memory, kwargs)
 
     def __len__(self) -> int:
         return -(-(self.stop - self.start) // self.batch_size)

@@ -222,16 +222,9 @@ class _CppLRN(torch.autograd.Function):
         return torch.ops.alexnet_lrn.backward(grad, x, *ctx.params), None, None, None, None, None
 
 
-def local_response_norm(
-    x: torch.Tensor,
-    size: int = PAPER_LRN.size,
-    alpha: float = PAPER_LRN.multiplier,
-    beta: float = PAPER_LRN.beta,
-    k: float = PAPER_LRN.k,
-    relu: bool = False,
-    backend: str = "auto",
-    groups: int = 1,
-) -> torch.Tensor:
+def local_response_norm(x: torch.Tensor, size: int = PAPER_LRN.size, alpha: float = PAPER_LRN.multiplier,
+                        beta: float = PAPER_LRN.beta, k: float = PAPER_LRN.k, relu: bool = False,
+                        backend: str = "auto", groups: int = 1) -> torch.Tensor:
     """The LRN over channels of a (N, C, ...) tensor; ``relu=True`` applies max(x, 0) first.
 
     ``alpha`` multiplies the window's sum of squares as given (the default is the paper network's
@@ -332,18 +325,9 @@ def _check_args(x: torch.Tensor, size: int) -> None:
         raise ValueError(f"LRN expects a (N, C, ...) tensor, got shape {tuple(x.shape)}")
 
 
-def lrn_max_pool(
-    x: torch.Tensor,
-    size: int = PAPER_LRN.size,
-    alpha: float = PAPER_LRN.multiplier,
-    beta: float = PAPER_LRN.beta,
-    k: float = PAPER_LRN.k,
-    relu: bool = True,
-    pool_kernel: int = 3,
-    pool_stride: int = 2,
-    backend: str = "auto",
-    groups: int = 1,
-) -> torch.Tensor:
+def lrn_max_pool(x: torch.Tensor, size: int = PAPER_LRN.size, alpha: float = PAPER_LRN.multiplier,
+                 beta: float = PAPER_LRN.beta, k: float = PAPER_LRN.k, relu: bool = True, pool_kernel: int = 3,
+                 pool_stride: int = 2, backend: str = "auto", groups: int = 1) -> torch.Tensor:
     """[ReLU ->] LRN -> max pooling (Sections 3.3-3.4), fused on the CPU; equals the three layers in turn.
 
     ``alpha`` and ``groups`` as in :func:`local_response_norm`.
