@@ -26,20 +26,15 @@ by name only.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
-import math
 import os
 import tomllib
 import webbrowser
 from datetime import datetime
 from pathlib import Path
 
-from PIL import Image
-
 from alexnet import __version__
+from alexnet.analysis import page
 from alexnet.errors import DataError
 from alexnet.fsutil import atomic_write
 from alexnet.paths import resolve_store
@@ -51,22 +46,7 @@ IMAGENET_CLASSES = 1000
 # ten-patch prediction of Section 4.1.
 PAPER_2012_VAL = {"top1": 40.7, "top5": 18.2}
 PAPER_2010_TEST = {"top1": 37.5, "top5": 17.0}
-BROWSER_IMAGES = {"PNG", "JPEG", "GIF", "WEBP"}
 
-STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; line-height: 1.5;
-       color: #1d1d1f; max-width: 62rem; margin: 2rem auto; padding: 0 1rem; }
-h1 { margin-bottom: 0.2rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #ccc; padding-bottom: 0.2rem; }
-table { border-collapse: collapse; margin: 0.8rem 0; }
-th, td { border: 1px solid #bbb; padding: 0.25rem 0.6rem; text-align: left; vertical-align: top; }
-th { background: #f0f0f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-img { max-width: 100%; height: auto; display: block; margin: 0.8rem 0; }
-pre { background: #f6f6f8; padding: 0.8rem; overflow-x: auto; }
-.note { color: #8a4b00; background: #fff6e5; border-left: 4px solid #e0a040; padding: 0.3rem 0.7rem; }
-.meta td:first-child { color: #555; }
-"""
-# default-src 'none': the page may load nothing at all; images only from data: URIs, style only inline.
-CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
@@ -120,11 +100,13 @@ def render(run: Path) -> str:
     ]
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{page.CSP}">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{_escape(run.resolve().name)} · alexnet report</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
+        f"<title>{page.escape(run.resolve().name)} · alexnet report</title>\n<style>{page.STYLE}</style>\n"
+        "</head>\n<body>\n"
         + "\n".join(body)
-        + f"\n<p><small>Written by alexnet {_escape(__version__)} on {_escape(_when(datetime.now().timestamp()))}."
+        + f"\n<p><small>Written by alexnet {page.escape(__version__)} on "
+        f"{page.escape(page.when(datetime.now().timestamp()))}."
         "</small></p>\n</body>\n</html>\n"
     )
 
@@ -185,93 +167,6 @@ def _mtime(path: Path) -> float | None:
 # ---- formatting
 
 
-def _escape(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _note(text: str) -> str:
-    return f'<p class="note">{_escape(text)}</p>'
-
-
-def _when(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp).astimezone().strftime("%Y-%m-%d %H:%M %Z")
-
-
-def _cell(value: object) -> str:
-    """A table cell as text: floats to four significant digits (thousands grouped), null as a dash."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
-        if value != 0 and abs(value) < 1e-3:
-            return f"{value:.2e}"
-        return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
-    if isinstance(value, int | str):
-        return str(value)
-    return json.dumps(value)
-
-
-def _quantity(key: str, value: object) -> str:
-    """A metric by its key's unit: errors and accuracies in %, rates per second, durations in s and min."""
-    if isinstance(value, float):
-        if key.endswith(("_error", "_accuracy")):
-            return f"{100 * value:.2f} %"
-        if key.endswith("_per_s"):
-            return f"{value:,.1f} /s"
-        if key.endswith("_s"):
-            return f"{value:,.1f} s ({value / 60:.1f} min)" if value >= 60 else f"{value:.1f} s"
-    return _cell(value)
-
-
-_NUMBER_CELL = ' class="num"'  # numbers align right
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _table(columns: list[str], rows: list[list[object]]) -> str:
-    head = "".join(f"<th>{_escape(c)}</th>" for c in columns)
-    lines = []
-    for row in rows:
-        cells = "".join(f"<td{_NUMBER_CELL if _is_number(v) else ''}>{_escape(_cell(v))}</td>" for v in row)
-        lines.append(f"<tr>{cells}</tr>")
-    return f"<table>\n<tr>{head}</tr>\n" + "\n".join(lines) + "\n</table>"
-
-
-def _records_table(record: dict) -> str:
-    """One row per key, the value in its unit."""
-    rows = "".join(
-        f"<tr><th>{_escape(key.replace('_', ' '))}</th><td>{_escape(_quantity(key, value))}</td></tr>"
-        for key, value in record.items()
-    )
-    return f"<table>{rows}</table>"
-
-
-def _image(path: Path) -> str:
-    """The image as an <img> with a data URI, or a note saying why it is not there."""
-    try:
-        data = path.read_bytes()
-        with Image.open(io.BytesIO(data)) as im:
-            kind = im.format
-            im.verify()
-    except FileNotFoundError:
-        return _note(f"{path.name} is missing.")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # damaged, unknown or a bomb
-        return _note(f"{path.name} is not a readable image: {e}")
-    if kind not in BROWSER_IMAGES:
-        return _note(f"{path.name} is a {kind} image, which browsers do not show; save it as PNG.")
-    uri = f"data:{Image.MIME[kind]};base64,{base64.b64encode(data).decode('ascii')}"
-    return f'<img src="{uri}" alt="{_escape(path.name)}">'
-
-
-def _paragraphs(text: str) -> str:
-    return "\n".join(f"<p>{_escape(p.strip())}</p>" for p in text.split("\n\n") if p.strip())
-
-
 # ---- sections
 
 
@@ -287,9 +182,9 @@ def _ran(run: Path, metrics: list[dict]) -> str:
     stamps = [(p.name, t) for p in (paths.environment, paths.metrics) if (t := _mtime(p)) is not None]
     if not stamps:
         return "unknown (no environment.json or metrics.jsonl)"
-    ran = " → ".join(_when(t) for _, t in stamps) + f" (file times of {' and '.join(n for n, _ in stamps)})"
+    ran = " → ".join(page.when(t) for _, t in stamps) + f" (file times of {' and '.join(n for n, _ in stamps)})"
     wall = metrics[-1].get("wall_time_s") if metrics else None
-    return ran + (f"; {wall / 60:.1f} min of training" if _is_number(wall) else "")
+    return ran + (f"; {wall / 60:.1f} min of training" if page.is_number(wall) else "")
 
 
 def _title(run: Path, config: dict, config_note: str | None, metrics: list[dict], env: dict | None) -> str:
@@ -297,27 +192,27 @@ def _title(run: Path, config: dict, config_note: str | None, metrics: list[dict]
     rows = [("model", model), ("store", _table_of(config, "data").get("store") or "unknown"),
             ("ran", _ran(run, metrics)),
             ("alexnet", env.get("alexnet", "unknown") if env else "unknown (no environment.json)")]
-    meta = "".join(f"<tr><td>{_escape(k)}</td><td>{_escape(v)}</td></tr>" for k, v in rows)
-    return (f"<h1>{_escape(run.resolve().name)}</h1>\n<p>AlexNet run report · {_escape(run.resolve())}</p>\n"
+    meta = "".join(f"<tr><td>{page.escape(k)}</td><td>{page.escape(v)}</td></tr>" for k, v in rows)
+    return (f"<h1>{page.escape(run.resolve().name)}</h1>\n<p>AlexNet run report · {page.escape(run.resolve())}</p>\n"
             f'<table class="meta">{meta}</table>')
 
 
 def _config_section(text: str | None, note: str | None) -> str:
     parts = ["<h2>Config</h2>"]
     if note:
-        parts.append(_note(note))
+        parts.append(page.note(note))
     if text is not None:
-        parts.append(f"<details>\n<summary>config.toml</summary>\n<pre>{_escape(text)}</pre>\n</details>")
+        parts.append(f"<details>\n<summary>config.toml</summary>\n<pre>{page.escape(text)}</pre>\n</details>")
     return "\n".join(parts)
 
 
 def _training_section(plot: Path, metrics: list[dict], note: str | None) -> str:
-    parts = ["<h2>Training</h2>", _image(plot)]
+    parts = ["<h2>Training</h2>", page.image(plot)]
     if note:
-        parts.append(_note(note))
+        parts.append(page.note(note))
     if metrics:
         parts.append(f"<p>The last of {len(metrics)} metrics.jsonl records:</p>")
-        parts.append(_records_table(metrics[-1]))
+        parts.append(page.records_table(metrics[-1]))
     return "\n".join(parts)
 
 
@@ -325,18 +220,18 @@ def _demo_section(path: Path, demo: dict | None, note: str | None) -> str:
     if not path.exists():
         return ""  # only `alexnet demo` writes one: a training run is not missing anything
     parts = ["<h2>Demo results</h2>"]
-    parts.append(_note(note) if demo is None else _records_table(demo))
+    parts.append(page.note(note) if demo is None else page.records_table(demo))
     return "\n".join(parts)
 
 
 def _validated(metrics: list[dict]) -> dict | None:
     """The last record with a validation error (None: never validated)."""
-    return next((m for m in reversed(metrics) if _is_number(m.get("val_top1_error"))), None)
+    return next((m for m in reversed(metrics) if page.is_number(m.get("val_top1_error"))), None)
 
 
 def _errors_from_demo(demo: dict | None, crop: str) -> dict | None:
     keys = (f"{crop}_top1_accuracy", f"{crop}_top5_accuracy")
-    if demo is None or not all(_is_number(demo.get(k)) for k in keys):
+    if demo is None or not all(page.is_number(demo.get(k)) for k in keys):
         return None
     return {"top1": 100 * (1 - demo[keys[0]]), "top5": 100 * (1 - demo[keys[1]])}
 
@@ -345,7 +240,7 @@ def _dataset(config: dict) -> tuple[str | None, int | None, int | None, str | No
     """(store name, classes, validation images, note) from the config and, when it is readable, the store."""
     store = _table_of(config, "data").get("store")
     classes = _table_of(config, "model").get("num_classes")
-    classes = classes if _is_number(classes) and classes >= 1 else None
+    classes = classes if page.is_number(classes) and classes >= 1 else None
     if not isinstance(store, str):
         return None, classes, None, "config.toml names no data.store"
     meta, note = _read_json(resolve_store(store) / "meta.json")
@@ -379,7 +274,7 @@ def _comparability(config: dict) -> tuple[bool, str]:
 def _paper_section(config: dict, metrics: list[dict], demo: dict | None) -> str:
     last = _validated(metrics)
     centre = ({"top1": 100 * last["val_top1_error"], "top5": 100 * last["val_top5_error"]}
-              if last and _is_number(last.get("val_top5_error")) else _errors_from_demo(demo, "centre"))
+              if last and page.is_number(last.get("val_top5_error")) else _errors_from_demo(demo, "centre"))
     ten = _errors_from_demo(demo, "ten_crop")
     columns = ["error", "ours, centre crop", "ours, ten crops",
                "paper, ILSVRC-2012 val (1 CNN, Table 2)", "paper, ILSVRC-2010 test (1 CNN, Table 1)"]
@@ -390,17 +285,17 @@ def _paper_section(config: dict, metrics: list[dict], demo: dict | None) -> str:
     rows = [[label, pct(centre, key), pct(ten, key), pct(PAPER_2012_VAL, key), pct(PAPER_2010_TEST, key)]
             for label, key in (("top-1", "top1"), ("top-5", "top5"))]
     comparable, says = _comparability(config)
-    parts = ["<h2>Final metrics beside the paper's</h2>", _table(columns, rows),
-             f"<p>{_escape(says)}</p>" if comparable else _note(says)]
+    parts = ["<h2>Final metrics beside the paper's</h2>", page.table(columns, rows),
+             f"<p>{page.escape(says)}</p>" if comparable else page.note(says)]
     if ten is None:
-        parts.append(_note("No ten-crop result in this folder (only a demo's demo.json records one); "
+        parts.append(page.note("No ten-crop result in this folder (only a demo's demo.json records one); "
                            "`alexnet evaluate CHECKPOINT --data STORE --ten-crop` measures it."))
     return "\n".join(parts)
 
 
 def _environment_section(env: dict | None, note: str | None) -> str:
     parts = ["<h2>Environment</h2>"]
-    parts.append(_note(note) if env is None else _records_table(env))
+    parts.append(page.note(note) if env is None else page.records_table(env))
     return "\n".join(parts)
 
 
@@ -420,24 +315,25 @@ def _analyses_section(folder: Path) -> str:
             sections.append(_analysis(path, data, note))
     parts = ["<h2>Analyses</h2>", *sections]
     if not sections:
-        parts.append(_note(f"No analyses: {folder.name}/ {'holds no sections' if folder.is_dir() else 'is missing'}; "
-                           "the analysis commands write their results there."))
+        why = "holds no sections" if folder.is_dir() else "is missing"
+        parts.append(page.note(f"No analyses: {folder.name}/ {why}; the analysis commands write their results there."))
     if others:
         parts.append(f"<p><small>Also in {folder.name}/, without a title or summary (not sections): "
-                     f"{_escape(', '.join(others))}.</small></p>")
+                     f"{page.escape(', '.join(others))}.</small></p>")
     return "\n".join(parts)
 
 
 def _analysis(path: Path, data: dict | None, note: str | None) -> str:
     """One analysis file's section, with a note for each part that breaks the contract."""
     if data is None:
-        return f"<h3>{_escape(path.name)}</h3>\n{_note(note)}"
+        return f"<h3>{page.escape(path.name)}</h3>\n{page.note(note)}"
     title = data.get("title")
-    parts = [f"<h3>{_escape(title if isinstance(title, str) else path.name)}</h3>"]
+    parts = [f"<h3>{page.escape(title if isinstance(title, str) else path.name)}</h3>"]
     if not isinstance(title, str):
-        parts.append(_note(f'{path.name} has no "title" string.'))
+        parts.append(page.note(f'{path.name} has no "title" string.'))
     summary = data.get("summary")
-    parts.append(_paragraphs(summary) if isinstance(summary, str) else _note(f'{path.name} has no "summary" string.'))
+    parts.append(page.paragraphs(summary) if isinstance(summary, str)
+                 else page.note(f'{path.name} has no "summary" string.'))
     if "image" in data:
         parts.append(_analysis_image(path, data["image"]))
     if "table" in data:
@@ -447,23 +343,23 @@ def _analysis(path: Path, data: dict | None, note: str | None) -> str:
 
 def _analysis_image(path: Path, name: object) -> str:
     if not isinstance(name, str):
-        return _note(f'{path.name}: "image" must be a file name, not {json.dumps(name)}.')
+        return page.note(f'{path.name}: "image" must be a file name, not {json.dumps(name)}.')
     folder = path.parent.resolve()
     image = (folder / name).resolve()
     if not image.is_relative_to(folder):
-        return _note(f'{path.name}: "image" {name!r} is outside the analysis folder; not embedded.')
-    return _image(image)
+        return page.note(f'{path.name}: "image" {name!r} is outside the analysis folder; not embedded.')
+    return page.image(image)
 
 
 def _analysis_table(path: Path, table: object) -> str:
     columns = table.get("columns") if isinstance(table, dict) else None
     rows = table.get("rows") if isinstance(table, dict) else None
     if not (isinstance(columns, list) and all(isinstance(c, str) for c in columns)):
-        return _note(f'{path.name}: "table" needs "columns", a list of strings; table not shown.')
+        return page.note(f'{path.name}: "table" needs "columns", a list of strings; table not shown.')
     if not isinstance(rows, list):
-        return _note(f'{path.name}: "table" needs "rows", a list of rows; table not shown.')
+        return page.note(f'{path.name}: "table" needs "rows", a list of rows; table not shown.')
     for i, row in enumerate(rows):
         if not isinstance(row, list) or len(row) != len(columns):
-            return _note(f'{path.name}: table row {i} is not a list of {len(columns)} cells '
+            return page.note(f'{path.name}: table row {i} is not a list of {len(columns)} cells '
                          f"({json.dumps(row)[:80]}); table not shown.")
-    return _table(columns, rows)
+    return page.table(columns, rows)
