@@ -58,10 +58,10 @@ BUDGETS = {
 
 RECIPES = {
     "paper": ("paper", ()),
-    "cuda-convnet": ("paper", ("model.init=cuda-convnet",)),
     "paper-init": ("demo", ("run.plan_budget=false", "run.budget_minutes=0.0", "model.init=paper",
                             "data.input_scale=1.0")),
     "demo": ("demo", ("run.plan_budget=false", "run.budget_minutes=0.0")),
+    "cuda-convnet": ("paper", ("model.init=cuda-convnet",)),
 }
 
 
