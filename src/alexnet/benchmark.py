@@ -37,7 +37,7 @@ from alexnet.config import AugmentConfig, load_config
 from alexnet.data.augment import Augmenter
 from alexnet.data.loader import TrainBatches
 from alexnet.data.store import Store
-from alexnet.info import environment
+from alexnet.info import channels_last_by_default, environment
 from alexnet.models import create_model
 from alexnet.models.summary import summarize
 from alexnet.paths import resolve_source
@@ -46,6 +46,7 @@ from alexnet.seeding import batch_generator
 from alexnet.train import fit
 
 NETS = ("alexnet", "alexnet_nolrn", "torchvision")
+LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 def _net(name: str) -> nn.Module:
@@ -84,34 +85,54 @@ def _alternate(steps: dict[str, Callable[[], object]], rounds: int, per_round: i
 
 
 def training_steps(batch: int, rounds: int) -> dict:
-    """Images/s of a training step of each net, fp32 and bf16, and the achieved GFLOP/s."""
+    """Images/s of a training step of each net in both memory layouts, fp32 and bf16, and the achieved GFLOP/s.
+
+    The ratios that count compare our network in the layout a run chooses on this machine
+    (`alexnet.info.channels_last_by_default`) with torchvision's in whichever layout is faster here.
+    """
     out = {}
     x, y = torch.randn(batch, 3, 224, 224), torch.randint(0, 1000, (batch,))
     for precision in ("fp32", "bf16"):
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
         steps = {}
         for name in NETS:
-            torch.manual_seed(0)
-            model = _net(name).train()
-            opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
+            for layout, memory_format in LAYOUTS.items():
+                torch.manual_seed(0)
+                model = _net(name).train().to(memory_format=memory_format)
+                opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
+                inputs = x.contiguous(memory_format=memory_format)
 
-            def step(model=model, opt=opt, autocast=autocast) -> None:
-                with autocast:
-                    loss = nn.functional.cross_entropy(model(x).float(), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                def step(model=model, opt=opt, inputs=inputs, autocast=autocast) -> None:
+                    with autocast:
+                        loss = nn.functional.cross_entropy(model(inputs).float(), y)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
 
-            steps[name] = step
+                steps[f"{name}/{layout}"] = step
         seconds = _alternate(steps, rounds, per_round=2, warmup=1)
-        rates = {name: batch / s for name, s in seconds.items()}
+        rates = {name: {layout: batch / seconds[f"{name}/{layout}"] for layout in LAYOUTS} for name in NETS}
+        ours = "channels_last" if channels_last_by_default(torch.device("cpu"), precision) else "nchw"
+        theirs = max(LAYOUTS, key=lambda layout: rates["torchvision"][layout])
         out[precision] = {
             "images_per_s": rates,
-            "ratio_to_torchvision": {n: rates[n] / rates["torchvision"] for n in NETS[:2]},
-            "ratio_to_no_lrn": rates["alexnet"] / rates["alexnet_nolrn"],
-            "gflop_per_s": {n: rates[n] * _train_flops(n) / 1e9 for n in NETS},
+            "layout": {"ours": ours, "torchvision": theirs},
+            "model_images_per_s": rates["alexnet"][ours],
+            "ratio_to_torchvision": {n: rates[n][ours] / rates["torchvision"][theirs] for n in NETS[:2]},
+            "ratio_to_torchvision_same_layout": {
+                layout: rates["alexnet"][layout] / rates["torchvision"][layout] for layout in LAYOUTS},
+            "ratio_to_no_lrn": rates["alexnet"][ours] / rates["alexnet_nolrn"][ours],
+            "gflop_per_s": {n: rates[n][ours if n != "torchvision" else theirs] * _train_flops(n) / 1e9
+                            for n in NETS},
         }
     return out
+
+
+def format_training(precision: str, r: dict) -> str:
+    rates = ", ".join(f"{n} {v['nchw']:.1f} / {v['channels_last']:.1f}" for n, v in r["images_per_s"].items())
+    return (f"train {precision} (img/s, NCHW / channels-last): {rates}; paper ({r['layout']['ours']}) / "
+            f"torchvision ({r['layout']['torchvision']}) {r['ratio_to_torchvision']['alexnet']:.2f}, "
+            f"paper/no-LRN {r['ratio_to_no_lrn']:.2f}")
 
 
 def inference(batch: int, rounds: int, size: int = 256) -> dict:
@@ -300,17 +321,15 @@ def run_benchmark(store: str | os.PathLike, rounds: int = 3, batch: int = 128, e
     log(f"matmul peak: {result['matmul_gflop_per_s']['fp32']:.0f} GFLOP/s fp32, "
         f"{result['matmul_gflop_per_s']['bf16']:.0f} bf16")
     result["train"] = training_steps(batch, rounds)
-    for p, r in result["train"].items():
-        log(f"train {p}: " + ", ".join(f"{n} {v:.1f} img/s" for n, v in r["images_per_s"].items())
-            + f"; paper/torchvision {r['ratio_to_torchvision']['alexnet']:.2f}, "
-            f"paper/no-LRN {r['ratio_to_no_lrn']:.2f}")
+    for precision, r in result["train"].items():
+        log(format_training(precision, r))
     result["inference"] = inference(batch, rounds)
     for view, r in result["inference"].items():
         log(f"inference {view} (bf16): ours {r['images_per_s']['ours']:.1f}, torchvision "
             f"{r['images_per_s']['torchvision']:.1f} img/s, ratio {r['ratio']:.2f}")
     with tempfile.TemporaryDirectory(prefix="alexnet-bench-") as tmp:
         pipe = input_pipeline(st, archive, Path(tmp), batch, workers, pipeline_batches)
-        model_rate = result["train"]["bf16"]["images_per_s"]["alexnet"]
+        model_rate = result["train"]["bf16"]["model_images_per_s"]
         pipe["ratio_to_model_bf16"] = pipe["ours_memmap_images_per_s"] / model_rate
         result["input_pipeline"] = pipe
         log(f"input pipeline: ours {pipe['ours_memmap_images_per_s']:.0f}, torchvision (glibc) "
