@@ -119,3 +119,24 @@ def test_resume_keeps_the_new_configs_hyper_parameters_and_restores_only_the_sta
         StepSchedule(0.1).load_state_dict(old.state_dict())
     with pytest.raises(KeyError, match="another schedule"):
         PlateauSchedule(0.1).load_state_dict(linear.state_dict())
+
+
+def test_weight_decay_on_weights_only_and_a_bias_rate_multiplier():
+    """cuda-convnet's `wc` decays weights, not biases (optim.decay_biases = false); a bias rate multiplier is
+    cuda-convnet2's option (bias_lr_scale). With the defaults every parameter stays in one group, as
+    checkpoints written before the choice hold them."""
+    from alexnet.optim import PaperSGD, parameter_groups, set_lr
+
+    model = torch.nn.Linear(3, 2)
+    assert parameter_groups(model, 0.1) == list(model.parameters())
+    groups = parameter_groups(model, 0.1, decay_biases=False, bias_lr_scale=2.0)
+    assert [len(g["params"]) for g in groups] == [1, 1] and groups[1]["params"][0] is model.bias
+    assert (groups[0]["weight_decay"], groups[1]["weight_decay"], groups[1]["lr_scale"]) == (0.1, 0.0, 2.0)
+    opt = PaperSGD(groups, lr=0.5, momentum=0.0, weight_decay=0.1)
+    set_lr(opt, 0.5)
+    assert [g["lr"] for g in opt.param_groups] == [0.5, 1.0]
+    w, b = model.weight.detach().clone(), model.bias.detach().clone()
+    model.weight.grad, model.bias.grad = torch.zeros_like(w), torch.zeros_like(b)
+    opt.step()  # zero gradients: only weight decay moves anything
+    torch.testing.assert_close(model.weight.detach(), w * (1 - 0.1 * 0.5))
+    assert torch.equal(model.bias.detach(), b)
