@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -132,3 +133,32 @@ def test_two_towers_on_two_devices_equal_the_single_device_network(name):
         torch.testing.assert_close(torch.cat([g0[key], g1[key]]), grad, rtol=1e-3, atol=1e-6)
     merged = towers.single_state_dict()
     assert all(torch.equal(merged[k], v) for k, v in single.state_dict().items())
+
+
+CALLER_GROUP = """
+import sys
+import torch.distributed as dist
+sys.path.insert(0, {tests!r})
+from helpers_train import tiny_config
+from alexnet.evaluate import evaluate_checkpoints
+from alexnet.train import fit
+
+store = dist.HashStore()  # the caller's own group (gloo, a world of one), made before the library runs
+dist.init_process_group("gloo", store=dist.PrefixStore("caller", store), rank=0, world_size=1)
+summary = fit(tiny_config({store_path!r}, "run.epochs=1"), {run!r}, progress=False)
+assert dist.is_initialized(), "fit tore down the caller's process group"
+evaluate_checkpoints([summary["latest"]], {store_path!r}, progress=False)
+assert dist.is_initialized(), "evaluate_checkpoints tore down the caller's process group"
+dist.destroy_process_group()
+print("kept")
+"""
+
+
+def test_a_callers_process_group_survives_fit_and_evaluation(tmp_path):
+    """The library tears down only a process group it created (init_distributed's `owns_group`)."""
+    store = make_store(tmp_path, n_train=8, n_val=2)
+    script = CALLER_GROUP.format(tests=str(Path(__file__).parent), store_path=str(store), run=str(tmp_path / "run"))
+    out = subprocess.run([sys.executable, "-c", script], env=env_one_thread(), capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "kept"

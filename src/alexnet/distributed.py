@@ -21,6 +21,7 @@ class DistInfo:
     world_size: int
     local_rank: int
     device: torch.device
+    owns_group: bool = False  # this package created the process group (and so tears it down)
 
     @property
     def is_main(self) -> bool:
@@ -67,7 +68,8 @@ def init_distributed(device: str = "auto") -> DistInfo:
     dev = resolve_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    if world_size > 1 and not dist.is_initialized():
+    owns_group = world_size > 1 and not dist.is_initialized()  # a caller's own group is used, not replaced
+    if owns_group:
         store, rank, world_size = next(dist.rendezvous("env://"))
         # torchrun's agent keeps one store across --max-restarts attempts: without a per-attempt prefix, a
         # restarted worker can read the address of a peer that died in the previous attempt.
@@ -79,7 +81,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
             rank=rank,
             world_size=world_size,
         )
-    return DistInfo(rank, world_size, local_rank, dev)
+    return DistInfo(rank, world_size, local_rank, dev, owns_group)
 
 
 def is_distributed() -> bool:
@@ -109,6 +111,7 @@ def all_gather_objects(obj: object) -> list:
     return out
 
 
-def shutdown_distributed() -> None:
-    if is_distributed():
+def shutdown_distributed(process: DistInfo) -> None:
+    """Tear down the process group if `init_distributed` created it; a group the caller made stays theirs."""
+    if process.owns_group and is_distributed():
         dist.destroy_process_group()

@@ -103,7 +103,7 @@ def evaluate_checkpoints(
         counts.add(probs, labels)
         counts = counts.all_reduce()
     finally:
-        shutdown_distributed()
+        shutdown_distributed(process)
     per_class = [
         {
             "class": c,

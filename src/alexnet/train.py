@@ -127,7 +127,7 @@ def fit(
     try:
         return _fit(config, RunPaths(Path(run_dir)), resume, pretrained, progress, process, clock, until_epoch)
     finally:
-        shutdown_distributed()
+        shutdown_distributed(process)
 
 
 def _fit(config: Config, paths: RunPaths, resume: bool, pretrained, progress: bool, process: DistInfo, clock,
