@@ -23,17 +23,17 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from alexnet.analysis.live import live_units, probe_batch
 from alexnet.config import load_config
 from alexnet.data.augment import Augmenter
 from alexnet.data.loader import TrainBatches
 from alexnet.data.store import Store
+from alexnet.engine import TrainStep, autocast_context
 from alexnet.fsutil import atomic_write
 from alexnet.info import environment
 from alexnet.models.build import build_model
-from alexnet.optim import build_optimizer, parameter_groups, set_lr
+from alexnet.optim import build_optimizer, parameter_groups
 from alexnet.seeding import batch_generator
 
 READINGS = {
@@ -48,15 +48,15 @@ def run(reading: str, store: Store, steps: int, probe_every: int, seed: int, pre
     config = config.with_num_classes(store.num_classes, str(store.root))
     torch.manual_seed(seed)
     model = build_model(config.model)
-    o = config.optim
-    optimizer = build_optimizer(parameter_groups(model, o.weight_decay, o.decay_biases, o.bias_lr_scale),
-                                o.kind, o.lr, o.momentum, o.weight_decay)
-    set_lr(optimizer, o.lr)
+    optim = config.optim
+    optimizer = build_optimizer(parameter_groups(model, optim.weight_decay, optim.decay_biases, optim.bias_lr_scale),
+                                optim.kind, optim.lr, optim.momentum, optim.weight_decay)
+    # the training loop's own step (rate, precision, loss, update), at the preset's constant first rate
+    train_step = TrainStep(model, optimizer, lambda step: optim.lr, autocast_context(torch.device("cpu"), precision))
     augmenter = Augmenter(config.data, store.mean, store.eigvals, store.eigvecs)
     probe = probe_batch(store, augmenter)
     batches = TrainBatches.from_store(store, in_memory=True, batch_size=config.data.batch_size, seed=seed,
                                       rank=0, world_size=1, device=torch.device("cpu"), workers=0)
-    autocast = torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16")
     losses, live, t0 = [], [], time.monotonic()
     model.train()
     epoch = 0
@@ -64,13 +64,8 @@ def run(reading: str, store: Store, steps: int, probe_every: int, seed: int, pre
         for batch_idx, images, labels in batches.epoch(epoch):
             if len(losses) % probe_every == 0:
                 live.append({"step": len(losses), **live_units(model, probe)})
-            x = augmenter.train(images, batch_generator(seed, epoch, batch_idx))
-            with autocast:
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss, _ = train_step(len(losses), augmenter.train(images, batch_generator(seed, epoch, batch_idx)),
+                                 labels)
             losses.append(loss.item())
             print(f"{reading} step {len(losses)}: loss {losses[-1]:.4f}"
                   + (f", live fc7 {live[-1]['fc7']}" if (len(losses) - 1) % probe_every == 0 else ""), flush=True)

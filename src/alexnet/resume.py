@@ -41,17 +41,24 @@ RESUME_FIXED = (
 _ALPHA_DIVIDED_BEFORE_V2 = ("alexnet_caffe", "cifar_convlocal", "cifar_convlocal_lrn")
 
 
+def _format_1_values(model_name: str) -> dict[str, object]:
+    """The value in format 1 of every key format 2 added, by "section.key"."""
+    return {
+        "model.dropout_form": "inverted",
+        "model.lrn_alpha": "auto" if model_name in _ALPHA_DIVIDED_BEFORE_V2 else "printed",
+        "optim.decay_biases": True,
+        "optim.bias_lr_scale": 1.0,
+    }
+
+
 def upgrade_v1_config(data: dict) -> dict:
     """A config dict as format 1 saved it -> the same run in today's keys (new keys set to the old
     behaviour; keys it has are kept)."""
-    model = dict(data.get("model", {}))
-    optim = dict(data.get("optim", {}))
-    name = model.get("name", ModelConfig.name)
-    model.setdefault("dropout_form", "inverted")
-    model.setdefault("lrn_alpha", "auto" if name in _ALPHA_DIVIDED_BEFORE_V2 else "printed")
-    optim.setdefault("decay_biases", True)
-    optim.setdefault("bias_lr_scale", 1.0)
-    return {**data, "model": model, "optim": optim}
+    out = {**data, "model": dict(data.get("model", {})), "optim": dict(data.get("optim", {}))}
+    for dotted, value in _format_1_values(out["model"].get("name", ModelConfig.name)).items():
+        section, key = dotted.split(".")
+        out[section].setdefault(key, value)
+    return out
 
 
 def adopt_unset_keys(saved: Config, config: Config) -> Config:
@@ -60,7 +67,7 @@ def adopt_unset_keys(saved: Config, config: Config) -> Config:
     with it must continue the run as it was trained."""
     defaults = Config()
     changes: dict[str, dict] = {}
-    for dotted in ("model.dropout_form", "model.lrn_alpha", "optim.decay_biases", "optim.bias_lr_scale"):
+    for dotted in _format_1_values(saved.model.name):
         section, key = dotted.split(".")
         if get_value(config, dotted) == get_value(defaults, dotted):
             changes.setdefault(section, {})[key] = get_value(saved, dotted)

@@ -268,6 +268,29 @@ void check_pool(const at::Tensor& x, int64_t size, int64_t pool_k, int64_t pool_
               " is smaller than the pooling window ", pool_k);
 }
 
+// The sizes of a pooled LRN (the input checked, and the towers dividing its channels).
+struct PoolShape {
+  int64_t N, C, H, W, HW, Ho, Wo;
+};
+
+PoolShape pool_shape(const at::Tensor& x, int64_t size, int64_t pool_k, int64_t pool_s, int64_t groups) {
+  check_pool(x, size, pool_k, pool_s);
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  TORCH_CHECK(groups >= 1 && C % groups == 0, "alexnet LRN+pool kernel: groups=", groups, " does not divide the ",
+              C, " channels");
+  return {N, C, H, W, H * W, (H - pool_k) / pool_s + 1, (W - pool_k) / pool_s + 1};
+}
+
+// The argmax codes index a table of pool_k^2 offsets: only pool_forward's own output may come back in.
+void check_pooled_gradient(const at::Tensor& grad, const at::Tensor& argmax, const PoolShape& s) {
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == s.N && grad.size(1) == s.C && grad.size(2) == s.Ho &&
+                  grad.size(3) == s.Wo,
+              "alexnet LRN+pool backward: gradient of shape ", grad.sizes(), " for a pooled output of ",
+              at::IntArrayRef({s.N, s.C, s.Ho, s.Wo}));
+  TORCH_CHECK(argmax.scalar_type() == at::kByte && argmax.sizes() == grad.sizes(),
+              "alexnet LRN+pool backward: argmax must be pool_forward's uint8 output of shape ", grad.sizes());
+}
+
 // Max pooling of one image whose maps are laid out position-major (b[(h * W + w) * Cp + c], Cp = C rounded
 // up to kLanes): every window element is a vector of channels, compared kLanes channels at a time in
 // registers, whatever the window and stride. Output row by output row, the results are transposed into y's
@@ -345,10 +368,9 @@ void to_position_major(const acc_t* tile, acc_t* dst, int64_t C, int64_t Cp, int
 std::tuple<at::Tensor, at::Tensor> lrn_pool_forward(const at::Tensor& input, int64_t size, double alpha,
                                                     double beta, double k, bool relu, int64_t pool_k,
                                                     int64_t pool_s) {
-  check_pool(input, size, pool_k, pool_s);
+  const PoolShape shape = pool_shape(input, size, pool_k, pool_s, 1);
+  const int64_t N = shape.N, C = shape.C, W = shape.W, HW = shape.HW, Ho = shape.Ho, Wo = shape.Wo;
   auto x = input.contiguous();
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
-  const int64_t Ho = (H - pool_k) / pool_s + 1, Wo = (W - pool_k) / pool_s + 1;
   auto y = at::empty({N, C, Ho, Wo}, x.options());
   auto idx = at::empty({N, C, Ho, Wo}, x.options().dtype(at::kByte));
   ALEXNET_DISPATCH(x.scalar_type(), "alexnet_lrn_pool_forward", [&] {
@@ -381,18 +403,12 @@ std::tuple<at::Tensor, at::Tensor> lrn_pool_forward(const at::Tensor& input, int
 at::Tensor lrn_pool_backward(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& argmax,
                              int64_t size, double alpha, double beta, double k, bool relu, int64_t pool_k,
                              int64_t pool_s) {
-  check_pool(input, size, pool_k, pool_s);
+  const PoolShape shape = pool_shape(input, size, pool_k, pool_s, 1);
+  check_pooled_gradient(grad, argmax, shape);
+  const int64_t N = shape.N, C = shape.C, W = shape.W, HW = shape.HW, Ho = shape.Ho, Wo = shape.Wo;
   auto x = input.contiguous();
   auto idx = argmax.contiguous();
   auto g = grad.contiguous().to(x.scalar_type());
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), HW = H * W;
-  const int64_t Ho = (H - pool_k) / pool_s + 1, Wo = (W - pool_k) / pool_s + 1;
-  // the argmax codes index a table of pool_k^2 offsets: only pool_forward's own output may come in
-  TORCH_CHECK(g.dim() == 4 && g.size(0) == N && g.size(1) == C && g.size(2) == Ho && g.size(3) == Wo,
-              "alexnet LRN+pool backward: gradient of shape ", g.sizes(), " for a pooled output of ",
-              at::IntArrayRef({N, C, Ho, Wo}));
-  TORCH_CHECK(idx.scalar_type() == at::kByte && idx.sizes() == g.sizes(),
-              "alexnet LRN+pool backward: argmax must be pool_forward's uint8 output of shape ", g.sizes());
   auto gx = at::empty_like(x, at::MemoryFormat::Contiguous);
   const int64_t tiles = (HW + kTile - 1) / kTile;
   // the offset in the input plane of each argmax code, from its window's corner: no division per element
@@ -440,35 +456,31 @@ at::Tensor lrn_pool_backward(const at::Tensor& grad, const at::Tensor& input, co
 // window is clipped at a tower's edges), so the paper's per-tower LRN needs no reshape. The argmax is stored
 // channels-last too; sums are taken in the same channel order as above, so both layouts give the same numbers.
 
-// s = k + alpha * (window sum of sq) and out = s^-beta for the C channels of one position (towers of Cg).
+// s = k + alpha * (window sum of sq) for the C channels of one position, towers of Cg channels each: the window
+// is clipped at a tower's edges, and the channels whose whole window lies inside the tower run vectorised.
 template <typename acc_t>
 inline void vector_window_scale(const acc_t* sq, acc_t* scale, int64_t C, int64_t Cg, const Params<acc_t>& P) {
   const int64_t half = P.half;
   const acc_t k = P.k, alpha = P.alpha;
+  const int64_t first_inside = std::min(half, Cg), first_edge = std::max(Cg - half, first_inside);
   for (int64_t g0 = 0; g0 < C; g0 += Cg) {
     const acc_t* q = sq + g0;
     acc_t* out = scale + g0;
-    for (int64_t c = 0; c < Cg; ++c) {
-      if (c == half && Cg > 2 * half) {  // the interior, where the whole window lies inside the tower
-        const int64_t end = Cg - half;
-        if (half == 2) {
-#pragma omp simd
-          for (int64_t i = half; i < end; ++i) out[i] = k + alpha * (q[i - 2] + q[i - 1] + q[i] + q[i + 1] + q[i + 2]);
-        } else {
-          for (int64_t i = half; i < end; ++i) {
-            acc_t sum = q[i - half];
-            for (int64_t j = i - half + 1; j <= i + half; ++j) sum += q[j];
-            out[i] = k + alpha * sum;
-          }
-        }
-        c = end - 1;
-        continue;
-      }
+    const auto clipped = [&](int64_t c) {
       const int64_t lo = std::max<int64_t>(0, c - half), hi = std::min<int64_t>(Cg - 1, c + half);
       acc_t sum = q[lo];
       for (int64_t j = lo + 1; j <= hi; ++j) sum += q[j];
       out[c] = k + alpha * sum;
+    };
+    for (int64_t c = 0; c < first_inside; ++c) clipped(c);
+    if (half == 2) {
+#pragma omp simd
+      for (int64_t c = first_inside; c < first_edge; ++c)
+        out[c] = k + alpha * (q[c - 2] + q[c - 1] + q[c] + q[c + 1] + q[c + 2]);
+    } else {
+      for (int64_t c = first_inside; c < first_edge; ++c) clipped(c);
     }
+    for (int64_t c = first_edge; c < Cg; ++c) clipped(c);
   }
 }
 
@@ -564,19 +576,12 @@ void nhwc_lrn_backward_position(const scalar_t* __restrict x, const acc_t* __res
   for (int64_t c = 0; c < C; ++c) gx[c] = static_cast<scalar_t>(t[c]);
 }
 
-void check_groups(int64_t C, int64_t groups) {
-  TORCH_CHECK(groups >= 1 && C % groups == 0, "alexnet LRN+pool kernel: groups=", groups, " does not divide the ",
-              C, " channels");
-}
-
 std::tuple<at::Tensor, at::Tensor> lrn_pool_forward_nhwc(const at::Tensor& input, int64_t size, double alpha,
                                                          double beta, double k, bool relu, int64_t pool_k,
                                                          int64_t pool_s, int64_t groups) {
-  check_pool(input, size, pool_k, pool_s);
-  const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3), HW = H * W;
-  check_groups(C, groups);
+  const PoolShape shape = pool_shape(input, size, pool_k, pool_s, groups);
+  const int64_t N = shape.N, C = shape.C, W = shape.W, HW = shape.HW, Ho = shape.Ho, Wo = shape.Wo;
   auto x = input.contiguous(at::MemoryFormat::ChannelsLast);
-  const int64_t Ho = (H - pool_k) / pool_s + 1, Wo = (W - pool_k) / pool_s + 1;
   auto y = at::empty({N, C, Ho, Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   auto idx = at::empty({N, C, Ho, Wo}, x.options().dtype(at::kByte).memory_format(at::MemoryFormat::ChannelsLast));
   ALEXNET_DISPATCH(x.scalar_type(), "alexnet_lrn_pool_forward_nhwc", [&] {
@@ -602,16 +607,9 @@ std::tuple<at::Tensor, at::Tensor> lrn_pool_forward_nhwc(const at::Tensor& input
 at::Tensor lrn_pool_backward_nhwc(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& argmax,
                                   int64_t size, double alpha, double beta, double k, bool relu, int64_t pool_k,
                                   int64_t pool_s, int64_t groups) {
-  check_pool(input, size, pool_k, pool_s);
-  const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3), HW = H * W;
-  check_groups(C, groups);
-  const int64_t Ho = (H - pool_k) / pool_s + 1, Wo = (W - pool_k) / pool_s + 1;
-  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == N && grad.size(1) == C && grad.size(2) == Ho &&
-                  grad.size(3) == Wo,
-              "alexnet LRN+pool backward: gradient of shape ", grad.sizes(), " for a pooled output of ",
-              at::IntArrayRef({N, C, Ho, Wo}));
-  TORCH_CHECK(argmax.scalar_type() == at::kByte && argmax.sizes() == grad.sizes(),
-              "alexnet LRN+pool backward: argmax must be pool_forward's uint8 output of shape ", grad.sizes());
+  const PoolShape shape = pool_shape(input, size, pool_k, pool_s, groups);
+  check_pooled_gradient(grad, argmax, shape);
+  const int64_t N = shape.N, C = shape.C, W = shape.W, HW = shape.HW, Ho = shape.Ho, Wo = shape.Wo;
   auto x = input.contiguous(at::MemoryFormat::ChannelsLast);
   auto idx = argmax.contiguous(at::MemoryFormat::ChannelsLast);
   // the pooled gradient in the accumulation type once (it is a quarter of the maps): the unpooling's masked

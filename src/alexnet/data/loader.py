@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, Protocol, Self
 
 import numpy as np
 import torch
@@ -52,7 +52,6 @@ class _Store(Protocol):
 
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-_Batches = TypeVar("_Batches", "TrainBatches", "EvalBatches")
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -200,34 +199,9 @@ def _streaming_images(images: Any) -> Any:
     return images
 
 
-def _hold(batches: TrainBatches | EvalBatches, images: Any, labels: np.ndarray | torch.Tensor, part: slice | None,
-          device: torch.device | str, in_memory: bool, streaming: tuple[int, int, bool, bool]) -> None:
-    """What both kinds of batches keep: the device, the labels, and the images of `part` (None: all) on the
-    device (in memory) or the whole split to stream from (`streaming`: workers, prefetch, processes,
-    device_decode)."""
-    batches.device = torch.device(device)
-    batches.in_memory = in_memory
-    batches._streaming = _Streaming(batches.device, *streaming)
-    batches.labels = _as_labels(labels, len(images))
-    if in_memory:
-        batches.images = _load_all(images if part is None else images[part], batches.device)
-        batches.labels = (batches.labels if part is None else batches.labels[part]).to(batches.device)
-    else:
-        batches.images = _streaming_images(images)
-
-
-def _from_store(cls: type[_Batches], store: _Store, split: str, in_memory: bool, kwargs: dict) -> _Batches:
-    """``cls`` over a store's split; JPEG shards are decoded on a CUDA device, else in worker processes,
-    unless told otherwise."""
-    images = store.load_split(split) if in_memory else store.images(split)
-    jpeg = store.encoding == "jpeg" and not in_memory
-    kwargs.setdefault("device_decode", jpeg and torch.device(kwargs.get("device", "cpu")).type == "cuda")
-    kwargs.setdefault("processes", jpeg and not kwargs["device_decode"])
-    return cls(images, store.labels(split), in_memory=in_memory, **kwargs)
-
-
-class _FromStore:
-    """`from_store` for both kinds of batches: `_split` names the store attribute of the default split."""
+class _Batches:
+    """What both kinds of batches share: building from a store's split, and keeping the images and labels.
+    `_split` names the store attribute of the default split."""
 
     _split: str
 
@@ -235,11 +209,31 @@ class _FromStore:
     def from_store(cls, store: _Store, split: str | None = None, *, in_memory: bool = False,
                    **kwargs: Any) -> Self:
         """Batches of ``split`` (default: the store's training split for TrainBatches, its evaluation split
-        for EvalBatches); other arguments as the constructor."""
-        return _from_store(cls, store, split or getattr(store, cls._split), in_memory, kwargs)
+        for EvalBatches); other arguments as the constructor. JPEG shards are decoded on a CUDA device, else
+        in worker processes, unless told otherwise."""
+        split = split or getattr(store, cls._split)
+        images = store.load_split(split) if in_memory else store.images(split)
+        jpeg = store.encoding == "jpeg" and not in_memory
+        kwargs.setdefault("device_decode", jpeg and torch.device(kwargs.get("device", "cpu")).type == "cuda")
+        kwargs.setdefault("processes", jpeg and not kwargs["device_decode"])
+        return cls(images, store.labels(split), in_memory=in_memory, **kwargs)
+
+    def _hold(self, images: Any, labels: np.ndarray | torch.Tensor, part: slice | None, device: torch.device | str,
+              in_memory: bool, streaming: tuple[int, int, bool, bool]) -> None:
+        """Keep the device, the labels, and the images of `part` (None: all) on the device (in memory) or the
+        whole split to stream from (`streaming`: workers, prefetch, processes, device_decode)."""
+        self.device = torch.device(device)
+        self.in_memory = in_memory
+        self._streaming = _Streaming(self.device, *streaming)
+        self.labels = _as_labels(labels, len(images))
+        if in_memory:
+            self.images = _load_all(images if part is None else images[part], self.device)
+            self.labels = (self.labels if part is None else self.labels[part]).to(self.device)
+        else:
+            self.images = _streaming_images(images)
 
 
-class TrainBatches(_FromStore):
+class TrainBatches(_Batches):
     """Shuffled training batches of one rank, a new permutation each epoch.
 
     Args:
@@ -275,7 +269,7 @@ class TrainBatches(_FromStore):
         self.n = len(images)
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.drop_last = drop_last
-        _hold(self, images, labels, None, device, in_memory, (workers, prefetch, processes, device_decode))
+        self._hold(images, labels, None, device, in_memory, (workers, prefetch, processes, device_decode))
         global_batch = batch_size * world_size
         self._len = self.n // global_batch if drop_last else -(-self.n // global_batch)
         if self._len == 0:
@@ -321,7 +315,7 @@ class TrainBatches(_FromStore):
             yield k, images, labels
 
 
-class EvalBatches(_FromStore):
+class EvalBatches(_Batches):
     """Evaluation batches of one rank: a contiguous part of the split, every image exactly once.
 
     Rank r holds images ``[r*N//W, (r+1)*N//W)`` (parts differ by at most one image, so batch
@@ -341,8 +335,8 @@ class EvalBatches(_FromStore):
         n = len(images)
         self.batch_size = batch_size
         self.start, self.stop = rank * n // world_size, (rank + 1) * n // world_size
-        _hold(self, images, labels, slice(self.start, self.stop), device, in_memory,
-              (workers, prefetch, processes, device_decode))
+        self._hold(images, labels, slice(self.start, self.stop), device, in_memory,
+                   (workers, prefetch, processes, device_decode))
 
     def __len__(self) -> int:
         return -(-(self.stop - self.start) // self.batch_size)

@@ -146,6 +146,12 @@ def run_experiment(runner: Runner, seeds: int, budget: Budget, overrides: tuple[
     return summarize(outcomes, budget, seeds, overrides)
 
 
+def _live_by_epoch(outcome: RunOutcome) -> list[dict | None]:
+    """The run's live-unit counts, one per epoch (None where an epoch has none)."""
+    counts = LiveUnitsPerEpoch(outcome.paths.root).read()
+    return [counts.get(str(epoch)) for epoch in range(1, len(outcome.metrics) + 1)]
+
+
 def _classes(outcome: RunOutcome) -> int:
     return load_config(outcome.paths.config).model.num_classes
 
@@ -161,8 +167,7 @@ def summarize(outcomes: dict[str, list[RunOutcome]], budget: Budget, seeds: int,
             "on_plateau_at_end": [on_plateau_at_end(o.metrics, classes) for o in runs],
             "final_val_top1_accuracy": summary_stats(last),
             "runs": [{"seed": o.seed, "train_loss": [m["train_loss"] for m in o.metrics],
-                      "live_units": [LiveUnitsPerEpoch(Path(o.run_dir)).read().get(str(e))
-                                     for e in range(1, len(o.metrics) + 1)],
+                      "live_units": _live_by_epoch(o),
                       "val_top1_accuracy": [None if m.get("val_top1_error") is None else 1 - m["val_top1_error"]
                                             for m in o.metrics],
                       "wall_s": o.wall_s, "status": o.status} for o in runs],

@@ -10,7 +10,7 @@ behind the paper's numbers multiplied the sum of squares by 1e-4 / 5 = 2e-5; Caf
 ``torch.nn.LocalResponseNorm`` divide the same way. :class:`LRNParams` names which reading a layer uses
 (``divide_by_size``) and hands the kernels one number, the multiplier of the sum (:attr:`LRNParams.multiplier`):
 ``PAPER_LRN`` is the 2012 code's reading (the default of the paper's network), ``PRINTED_LRN`` the printed
-formula read literally (five times the normalisation; ``model.lrn_scale = "printed"``).
+formula read literally (five times the normalisation; ``model.lrn_alpha = "printed"``).
 
 The functions below (:func:`local_response_norm`, :func:`lrn_max_pool`) take that multiplier as ``alpha``;
 the modules take an :class:`LRNParams`.
@@ -74,8 +74,6 @@ class LRNParams:
 PAPER_LRN = LRNParams()
 # The same constants read as printed: the sum of squares times 1e-4, five times the code's normalisation.
 PRINTED_LRN = LRNParams(divide_by_size=False)
-# `model.lrn_scale` -> the paper network's reading
-LRN_SCALES = {"cuda-convnet": PAPER_LRN, "printed": PRINTED_LRN}
 
 _SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "lrn.cpp"
 
@@ -167,7 +165,7 @@ def lrn_formula(x: torch.Tensor, size: int, alpha: float, beta: float, k: float,
 
 
 def lrn_formula_backward(grad: torch.Tensor, x: torch.Tensor, size: int, alpha: float, beta: float, k: float,
-                  relu: bool) -> torch.Tensor:
+                         relu: bool) -> torch.Tensor:
     """grad_a_m = g_m s_m^-beta - 2 alpha beta a_m sum_{i in window(m)} g_i a_i s_i^(-beta-1)."""
     a = _wide(x).clamp_min(0) if relu else _wide(x)
     g = grad.to(a.dtype)
@@ -233,7 +231,7 @@ def local_response_norm(x: torch.Tensor, size: int = PAPER_LRN.size, alpha: floa
     ``backend``: "auto" (C++ kernel on CPU when it builds, else PyTorch), "cpp" or "torch".
     ``groups``: the channels form this many towers, each normalised on its own (the window never crosses).
     """
-    _check_args(x, size)
+    _check_args(x, size, groups)
     if groups != 1:
         y = local_response_norm(_per_group(x, groups), size, alpha, beta, k, relu, backend)
         return y.reshape(x.shape)
@@ -309,8 +307,6 @@ def _per_group(x: torch.Tensor, groups: int) -> torch.Tensor:
     """(N, C, ...) -> (N * groups, C / groups, ...): each group's maps become an image of their own."""
     if groups == 1:
         return x
-    if x.shape[1] % groups:
-        raise ValueError(f"LRN groups={groups} does not divide the {x.shape[1]} channels")
     return x.reshape(x.shape[0] * groups, x.shape[1] // groups, *x.shape[2:])
 
 
@@ -319,10 +315,12 @@ def _check_size(size: int) -> None:
         raise ValueError(f"LRN size {size} must be a positive odd number (the window is centred on i)")
 
 
-def _check_args(x: torch.Tensor, size: int) -> None:
+def _check_args(x: torch.Tensor, size: int, groups: int) -> None:
     _check_size(size)
     if x.dim() < 2:
         raise ValueError(f"LRN expects a (N, C, ...) tensor, got shape {tuple(x.shape)}")
+    if groups < 1 or x.shape[1] % groups:
+        raise ValueError(f"LRN groups={groups} does not divide the {x.shape[1]} channels")
 
 
 def lrn_max_pool(x: torch.Tensor, size: int = PAPER_LRN.size, alpha: float = PAPER_LRN.multiplier,
@@ -332,10 +330,8 @@ def lrn_max_pool(x: torch.Tensor, size: int = PAPER_LRN.size, alpha: float = PAP
 
     ``alpha`` and ``groups`` as in :func:`local_response_norm`.
     """
-    _check_args(x, size)
+    _check_args(x, size, groups)
     if is_channels_last(x) and _use_cpp(x, backend):
-        if x.shape[1] % groups:
-            raise ValueError(f"LRN groups={groups} does not divide the {x.shape[1]} channels")
         return _CppLRNPool.apply(x, True, size, alpha, beta, k, relu, pool_kernel, pool_stride, groups)
     if groups != 1:
         y = lrn_max_pool(_per_group(x, groups), size, alpha, beta, k, relu, pool_kernel, pool_stride, backend)
