@@ -246,7 +246,7 @@ def test_reporting_the_lrn_path_does_not_build_the_kernel_unless_asked():
     assert out.stdout.split() == ["not", "built", "0"]
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("channels", "groups", "pool_kernel", "pool_stride", "side"),
                          [(12, 2, 3, 2, 9), (96, 2, 3, 2, 13), (20, 1, 2, 2, 8), (7, 1, 3, 2, 6), (10, 2, 3, 1, 7)])
 def test_channels_last_kernel_equals_the_plain_one(dtype, channels, groups, pool_kernel, pool_stride, side):
@@ -271,6 +271,28 @@ def test_channels_last_kernel_equals_the_plain_one(dtype, channels, groups, pool
         a = torch.relu(x)
         ref = torch.cat([formula(a[:, t * per:(t + 1) * per]) for t in range(groups)], 1)
         torch.testing.assert_close(got, F.max_pool2d(ref, pool_kernel, pool_stride), equal_nan=True)
+
+
+@pytest.mark.parametrize("size", [3, 5, 7])
+@pytest.mark.parametrize(("channels", "groups"), [(96, 2), (40, 1), (66, 2)])
+def test_channels_last_kernel_every_window_and_tower_width(size, channels, groups):
+    """float32 in both layouts (on AVX-512 machines the channels-last one is hand-vectorised for windows of 3 and
+    5, with towers of any width): equal values, close gradients, and within float32 of the float64 formula."""
+    x = torch.randn(3, channels, 11, 11, generator=torch.Generator().manual_seed(size)) * 60
+    x[2, 1, 3, 4] = float("inf")
+    plain = x.clone().requires_grad_()
+    nhwc = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    args = dict(size=size, alpha=1e-4 / size, relu=True, groups=groups, backend="cpp")
+    want, got = lrn_max_pool(plain, **args), lrn_max_pool(nhwc, **args)
+    torch.testing.assert_close(got, want, equal_nan=True, rtol=0, atol=0)
+    per = channels // groups
+    a = torch.relu(x.double())
+    ref = torch.cat([formula(a[:, t * per:(t + 1) * per], n=size, alpha=1e-4 / size) for t in range(groups)], 1)
+    torch.testing.assert_close(got.double(), F.max_pool2d(ref, 3, 2), equal_nan=True, rtol=2e-6, atol=1e-6)
+    g = torch.randn(want.shape, generator=torch.Generator().manual_seed(7))
+    want.backward(g)
+    got.backward(g.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(nhwc.grad, plain.grad, equal_nan=True, rtol=1e-5, atol=1e-6)
 
 
 def test_channels_last_kernel_refuses_what_it_cannot_do():

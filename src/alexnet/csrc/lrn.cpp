@@ -25,8 +25,19 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <type_traits>
 #include <tuple>
 #include <vector>
+
+// Hand-vectorised paths for machines with AVX-512 (F, BW, VL): the build uses -march=native, so these are
+// compiled exactly where they run; elsewhere the portable loops below do the same arithmetic.
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define ALEXNET_AVX512 1
+#include <immintrin.h>
+#else
+#define ALEXNET_AVX512 0
+#endif
 
 namespace {
 
@@ -35,34 +46,79 @@ constexpr int64_t kTile = 256;
 // few L1 sets, and reading down a column (the transpose for pooling) then misses in L1 on every load.
 constexpr int64_t kRow = kTile + 16;
 
+#if ALEXNET_AVX512
+// s^-0.75 and s^-0.5 for 16 floats from two 14-bit hardware estimates of 1/sqrt, each refined by one Newton
+// step: r = s^-1/2, q = r^-1/2 = s^1/4, s^-3/4 = r * r * q, within a few ulps of the exact quotients and
+// square roots, at a fraction of their cost (those two square roots and a division were the forward's
+// largest cost). 0, infinity and NaN take the estimate itself, which is exact there (inf, 0, NaN).
+inline void pow_neg_three_quarters(__m512 s, __m512& pw, __m512& r_out) {
+  const __m512 half = _mm512_set1_ps(0.5f), three_halves = _mm512_set1_ps(1.5f);
+  const __m512 r0 = _mm512_rsqrt14_ps(s);
+  const __m512 r = _mm512_mul_ps(r0, _mm512_fnmadd_ps(_mm512_mul_ps(half, s), _mm512_mul_ps(r0, r0), three_halves));
+  const __m512 q0 = _mm512_rsqrt14_ps(r);
+  const __m512 q = _mm512_mul_ps(q0, _mm512_fnmadd_ps(_mm512_mul_ps(half, r), _mm512_mul_ps(q0, q0), three_halves));
+  const __mmask16 normal = _mm512_cmp_ps_mask(s, _mm512_set1_ps(std::numeric_limits<float>::min()), _CMP_GE_OQ) &
+                           _mm512_cmp_ps_mask(s, _mm512_set1_ps(std::numeric_limits<float>::max()), _CMP_LE_OQ);
+  pw = _mm512_mask_blend_ps(normal, r0, _mm512_mul_ps(_mm512_mul_ps(r, r), q));
+  r_out = _mm512_mask_blend_ps(normal, r0, r);
+}
+
+inline __mmask16 lanes_left(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u); }
+
+// 16 values as floats (masked lanes read nothing and are 0), and back with c10's rounding (to nearest even,
+// NaN -> 0x7FC0), so the vector paths store exactly what static_cast<c10::BFloat16> stores.
+inline __m512 load16(const float* x, __mmask16 m) { return _mm512_maskz_loadu_ps(m, x); }
+inline __m512 load16(const c10::BFloat16* x, __mmask16 m) {
+  const __m256i h = _mm256_maskz_loadu_epi16(m, x);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+inline void store16(float* y, __mmask16 m, __m512 v) { _mm512_mask_storeu_ps(y, m, v); }
+inline void store16(c10::BFloat16* y, __mmask16 m, __m512 v) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i bias = _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1)),
+                                        _mm512_set1_epi32(0x7FFF));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, bias), 16);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+  _mm256_mask_storeu_epi16(y, m, _mm512_cvtepi32_epi16(r));
+}
+// max(v, 0) as `load` computes it: v <= 0 gives 0, a NaN stays NaN
+inline __m512 relu16(__m512 v) {
+  return _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LE_OQ), _mm512_setzero_ps());
+}
+#endif
+
+// out = s^-beta; with ratio, also ratio = s^(-beta-1). Every element takes the same instruction sequence
+// wherever it lies in a vector (the tail is a masked vector), so both layouts' kernels give the same numbers.
 template <typename acc_t>
-inline void pow_neg_beta(const acc_t* s, acc_t* out, int64_t n, acc_t beta) {
+inline void pow_neg_beta(const acc_t* s, acc_t* out, int64_t n, acc_t beta, acc_t* ratio = nullptr) {
+#if ALEXNET_AVX512
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (beta == 0.75f) {
+      for (int64_t p = 0; p < n; p += 16) {
+        const __mmask16 m = lanes_left(n - p);
+        __m512 pw, r;
+        pow_neg_three_quarters(_mm512_maskz_loadu_ps(m, s + p), pw, r);
+        if (ratio != nullptr) _mm512_mask_storeu_ps(ratio + p, m, _mm512_mul_ps(pw, _mm512_mul_ps(r, r)));
+        _mm512_mask_storeu_ps(out + p, m, pw);
+      }
+      return;
+    }
+  }
+#endif
   if (beta == acc_t(0.75)) {
     // s^-0.75 = s^-0.5 * s^-0.25: two square roots vectorise, pow does not.
 #pragma omp simd
     for (int64_t p = 0; p < n; ++p) {
       const acc_t r = acc_t(1) / std::sqrt(s[p]);
-      out[p] = r * std::sqrt(r);
-    }
-  } else {
-    for (int64_t p = 0; p < n; ++p) out[p] = std::pow(s[p], -beta);
-  }
-}
-
-// out = s^-beta and ratio = s^(-beta-1) = out / s, with one division fewer than dividing (beta = 0.75).
-template <typename acc_t>
-inline void pow_neg_beta_and_ratio(const acc_t* s, acc_t* out, acc_t* ratio, int64_t n, acc_t beta) {
-  if (beta == acc_t(0.75)) {
-#pragma omp simd
-    for (int64_t p = 0; p < n; ++p) {
-      const acc_t r = acc_t(1) / std::sqrt(s[p]);
-      out[p] = r * std::sqrt(r);
-      ratio[p] = out[p] * r * r;
+      const acc_t pw = r * std::sqrt(r);
+      if (ratio != nullptr) ratio[p] = pw * r * r;
+      out[p] = pw;
     }
   } else {
     for (int64_t p = 0; p < n; ++p) {
-      out[p] = std::pow(s[p], -beta);
-      ratio[p] = out[p] / s[p];
+      const acc_t pw = std::pow(s[p], -beta);
+      if (ratio != nullptr) ratio[p] = pw / s[p];
+      out[p] = pw;
     }
   }
 }
@@ -129,8 +185,9 @@ template <typename acc_t>
 inline void window_scale(const acc_t* sq, int64_t c, int64_t C, int64_t T, const Params<acc_t>& P, acc_t* scale) {
   window_sum(sq, scale, c, C, P.half, T);
   const acc_t k = P.k, alpha = P.alpha;  // locals: `scale` could alias the parameters, which stops vectorising
+  // one rounding (fused multiply-add) in every layout and every path, whatever the compiler would contract
 #pragma omp simd
-  for (int64_t p = 0; p < T; ++p) scale[p] = k + alpha * scale[p];
+  for (int64_t p = 0; p < T; ++p) scale[p] = std::fma(alpha, scale[p], k);
 }
 
 // For channel c: s into `scale` (window_scale) and s^-beta into `pw`.
@@ -169,7 +226,7 @@ void tile_backward(const grad_t* g, const scalar_t* x, scalar_t* gx, int64_t C, 
     acc_t* pwc = s.pw.data() + c * kRow;
     acc_t* tc = s.t.data() + c * kRow;
     window_scale(s.sq.data(), c, C, T, P, acc);
-    pow_neg_beta_and_ratio(acc, pwc, tc, T, P.beta);  // tc = s^(-beta-1) for now
+    pow_neg_beta(acc, pwc, T, P.beta, tc);  // tc = s^(-beta-1) for now
     const scalar_t* xc = x + c * HW + p0;
     const grad_t* gc = g + c * HW + p0;
     for (int64_t p = 0; p < T; ++p) {
@@ -470,19 +527,194 @@ inline void vector_window_scale(const acc_t* sq, acc_t* scale, int64_t C, int64_
       const int64_t lo = std::max<int64_t>(0, c - half), hi = std::min<int64_t>(Cg - 1, c + half);
       acc_t sum = q[lo];
       for (int64_t j = lo + 1; j <= hi; ++j) sum += q[j];
-      out[c] = k + alpha * sum;
+      out[c] = std::fma(alpha, sum, k);
     };
     for (int64_t c = 0; c < first_inside; ++c) clipped(c);
     if (half == 2) {
 #pragma omp simd
       for (int64_t c = first_inside; c < first_edge; ++c)
-        out[c] = k + alpha * (q[c - 2] + q[c - 1] + q[c] + q[c + 1] + q[c + 2]);
+        out[c] = std::fma(alpha, q[c - 2] + q[c - 1] + q[c] + q[c + 1] + q[c + 2], k);
     } else {
       for (int64_t c = first_inside; c < first_edge; ++c) clipped(c);
     }
     for (int64_t c = first_edge; c < Cg; ++c) clipped(c);
   }
 }
+
+#if ALEXNET_AVX512
+// The same channels-last passes, 16 channels a vector. One tower's values to be window-summed go to `pad` at
+// pad[half + c] with `half` zeros on either side, so that every channel's window is the same run of 2 * half + 1
+// terms, added in channel order: the zeros add exactly, so the sums equal the clipped sums above bit for bit.
+
+// A position's C channels are held as `groups` towers of nv = ceil(Cg / 16) vectors each (lanes past a tower's
+// end 0), in 64-byte-aligned scratch; a window sum shifts a vector against its neighbours in registers
+// (valignd), with zero vectors before a tower's first and after its last. Summing through memory instead (store
+// the squares, load them back 1 or 2 lanes off) stalled on every load: a load that straddles a just-written
+// vector cannot be forwarded from the store buffer.
+
+// a tower's window sums (2 H + 1 channels, H = 1 or 2) of the vector `cur` between `prev` and `next`, summed in
+// channel order as the plain layout sums them
+template <int H>
+inline __m512 window_sum16(__m512 prev, __m512 cur, __m512 next) {
+  const __m512i p = _mm512_castps_si512(prev), c = _mm512_castps_si512(cur), n = _mm512_castps_si512(next);
+  const __m512 m1 = _mm512_castsi512_ps(_mm512_alignr_epi32(c, p, 15));
+  const __m512 p1 = _mm512_castsi512_ps(_mm512_alignr_epi32(n, c, 1));
+  if constexpr (H == 1) {
+    return _mm512_add_ps(_mm512_add_ps(m1, cur), p1);
+  } else {
+    const __m512 m2 = _mm512_castsi512_ps(_mm512_alignr_epi32(c, p, 14));
+    const __m512 p2 = _mm512_castsi512_ps(_mm512_alignr_epi32(n, c, 2));
+    return _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(_mm512_add_ps(m2, m1), cur), p1), p2);
+  }
+}
+
+// out[v] = k + alpha * window sums of vals' vectors, for the n vectors of one tower (vals[-1] and vals[n] are
+// zero vectors)
+template <int H>
+inline void tower_window_scale(const float* vals, float* out, int64_t n, float alpha, float k) {
+  const __m512 va = _mm512_set1_ps(alpha), vk = _mm512_set1_ps(k);
+  for (int64_t v = 0; v < n; ++v) {
+    const __m512 sum = window_sum16<H>(_mm512_load_ps(vals + (v - 1) * 16), _mm512_load_ps(vals + v * 16),
+                                       _mm512_load_ps(vals + (v + 1) * 16));
+    _mm512_store_ps(out + v * 16, _mm512_fmadd_ps(va, sum, vk));
+  }
+}
+
+// Scratch for one position: the towers' a, s (then s^-beta), s^(-beta-1), window sums and output gradient, nv
+// vectors a tower,
+// and one tower's window input with a zero vector on either side.
+struct TowerScratch {
+  int64_t groups, Cg, nv;
+  std::vector<__m512> a_, scale_, ratio_, acc_, gq_, window_;  // vectors: 64-byte aligned
+  TowerScratch(int64_t C, int64_t groups_)
+      : groups(groups_), Cg(C / groups_), nv((C / groups_ + 15) / 16), a_(groups * nv), scale_(groups * nv),
+        ratio_(groups * nv), acc_(groups * nv), gq_(groups * nv), window_(nv + 2, _mm512_setzero_ps()) {}
+  float* a() { return reinterpret_cast<float*>(a_.data()); }
+  float* scale() { return reinterpret_cast<float*>(scale_.data()); }
+  float* ratio() { return reinterpret_cast<float*>(ratio_.data()); }
+  float* acc() { return reinterpret_cast<float*>(acc_.data()); }
+  float* gq() { return reinterpret_cast<float*>(gq_.data()); }
+  float* inner() { return reinterpret_cast<float*>(window_.data() + 1); }  // the zero vectors around stay zero
+};
+
+// a = x (max(x, 0) with relu) of every tower, and s = k + alpha * window sums of a^2, both tower-vector major
+template <int H, typename scalar_t>
+inline void tower_scales(const scalar_t* x, const Params<float>& P, TowerScratch& w) {
+  for (int64_t g = 0; g < w.groups; ++g) {
+    for (int64_t v = 0; v < w.nv; ++v) {
+      __m512 a = load16(x + g * w.Cg + v * 16, lanes_left(w.Cg - v * 16));
+      if (P.relu) a = relu16(a);
+      _mm512_store_ps(w.a() + (g * w.nv + v) * 16, a);
+      _mm512_store_ps(w.inner() + v * 16, _mm512_mul_ps(a, a));
+    }
+    tower_window_scale<H>(w.inner(), w.scale() + g * w.nv * 16, w.nv, P.alpha, P.k);
+  }
+}
+
+// One image's LRN output (as nhwc_lrn_image), position-major with row stride Cp.
+template <int H, typename scalar_t>
+void nhwc_lrn_image_avx512(const scalar_t* x, float* b, int64_t HW, int64_t C, int64_t Cp, const Params<float>& P,
+                           TowerScratch& w) {
+  const int64_t n = w.groups * w.nv * 16;
+  for (int64_t p = 0; p < HW; ++p) {
+    tower_scales<H>(x + p * C, P, w);
+    pow_neg_beta(w.scale(), w.scale(), n, P.beta);
+    float* row = b + p * Cp;
+    for (int64_t g = 0; g < w.groups; ++g) {
+      for (int64_t v = 0; v < w.nv; ++v) {
+        const int64_t at = (g * w.nv + v) * 16;
+        _mm512_mask_storeu_ps(row + g * w.Cg + v * 16, lanes_left(w.Cg - v * 16),
+                              _mm512_mul_ps(_mm512_load_ps(w.a() + at), _mm512_load_ps(w.scale() + at)));
+      }
+    }
+  }
+}
+
+// Max pooling as nhwc_max_pool_image: the first maximum in row-major window order wins, a NaN wins.
+template <int KC, typename scalar_t>
+void nhwc_max_pool_image_avx512(const float* b, scalar_t* y, uint8_t* arg, int64_t C, int64_t Cp, int64_t W,
+                                int64_t Ho, int64_t Wo, int64_t k_rt, int64_t S) {
+  const int64_t K = KC > 0 ? KC : k_rt;
+  for (int64_t i = 0; i < Ho; ++i) {
+    for (int64_t j = 0; j < Wo; ++j) {
+      for (int64_t c0 = 0; c0 < C; c0 += 16) {
+        const float* corner = b + (i * S * W + j * S) * Cp + c0;
+        __m512 best = _mm512_loadu_ps(corner);
+        __m512i where = _mm512_setzero_si512();
+        for (int64_t u = 0; u < K; ++u) {
+          for (int64_t v = u == 0 ? 1 : 0; v < K; ++v) {
+            const __m512 val = _mm512_loadu_ps(corner + (u * W + v) * Cp);
+            const __mmask16 take = _mm512_cmp_ps_mask(val, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(val, val, _CMP_UNORD_Q);
+            best = _mm512_mask_mov_ps(best, take, val);
+            where = _mm512_mask_mov_epi32(where, take, _mm512_set1_epi32(static_cast<int>(u * K + v)));
+          }
+        }
+        const __mmask16 m = lanes_left(C - c0);
+        store16(y + (i * Wo + j) * C + c0, m, best);
+        _mm_mask_storeu_epi8(arg + (i * Wo + j) * C + c0, m, _mm512_cvtepi32_epi8(where));
+      }
+    }
+  }
+}
+
+// The pooled gradient that reaches position (h, w) of one image (g and arg: Ho x Wo x C): the gradients of the
+// (at most ceil(K / S)^2) windows that cover it and whose argmax it is, added in output order as the unpooling
+// above adds them; into w.gq(), tower-vector major. Gathering per position needs no image-sized buffer.
+inline void gather_pooled_gradient(const float* g, const uint8_t* arg, int64_t h, int64_t x, const PoolShape& sh,
+                                   int64_t K, int64_t S, TowerScratch& w) {
+  const int64_t C = sh.C, i0 = h < K ? 0 : (h - K) / S + 1, i1 = std::min(sh.Ho - 1, h / S);
+  const int64_t j0 = x < K ? 0 : (x - K) / S + 1, j1 = std::min(sh.Wo - 1, x / S);
+  for (int64_t v = 0; v < w.groups * w.nv; ++v) _mm512_store_ps(w.gq() + v * 16, _mm512_setzero_ps());
+  for (int64_t i = i0; i <= i1; ++i) {
+    for (int64_t j = j0; j <= j1; ++j) {
+      const __m128i code = _mm_set1_epi8(static_cast<char>((h - i * S) * K + x - j * S));
+      const float* go = g + (i * sh.Wo + j) * C;
+      const uint8_t* ao = arg + (i * sh.Wo + j) * C;
+      for (int64_t gr = 0; gr < w.groups; ++gr) {
+        for (int64_t v = 0; v < w.nv; ++v) {
+          const int64_t c = gr * w.Cg + v * 16;
+          const __mmask16 m = lanes_left(w.Cg - v * 16);
+          const __mmask16 hit = _mm_mask_cmpeq_epi8_mask(m, _mm_maskz_loadu_epi8(m, ao + c), code);
+          if (hit == 0) continue;
+          float* dst = w.gq() + (gr * w.nv + v) * 16;
+          _mm512_store_ps(dst, _mm512_mask_add_ps(_mm512_load_ps(dst), hit, _mm512_load_ps(dst),
+                                                  _mm512_maskz_loadu_ps(hit, go + c)));
+        }
+      }
+    }
+  }
+}
+
+// LRN backward of one position (as nhwc_lrn_backward_position): x its input, w.gq() its output's gradient,
+// gx the input's gradient.
+template <int H, typename scalar_t>
+void nhwc_lrn_backward_position_avx512(const scalar_t* x, scalar_t* gx, const Params<float>& P, TowerScratch& w) {
+  const int64_t nv = w.nv, Cg = w.Cg;
+  tower_scales<H>(x, P, w);
+  pow_neg_beta(w.scale(), w.scale(), w.groups * nv * 16, P.beta, w.ratio());  // scale = s^-beta
+  for (int64_t g = 0; g < w.groups; ++g) {  // window sums of t = g a s^(-beta-1), tower by tower
+    for (int64_t v = 0; v < nv; ++v) {
+      const int64_t at = (g * nv + v) * 16;
+      const __m512 gv = _mm512_load_ps(w.gq() + at);
+      _mm512_store_ps(w.inner() + v * 16, _mm512_mul_ps(_mm512_mul_ps(gv, _mm512_load_ps(w.a() + at)),
+                                                        _mm512_load_ps(w.ratio() + at)));
+    }
+    tower_window_scale<H>(w.inner(), w.acc() + g * nv * 16, nv, 1.f, 0.f);
+  }
+  const __m512 two_ab = _mm512_set1_ps(2.f * P.alpha * P.beta);
+  for (int64_t g = 0; g < w.groups; ++g) {
+    for (int64_t v = 0; v < nv; ++v) {
+      const int64_t at = (g * nv + v) * 16, c = g * Cg + v * 16;
+      const __mmask16 m = lanes_left(Cg - v * 16);
+      const __m512 xv = load16(x + c, m);
+      const __m512 gp = _mm512_mul_ps(_mm512_load_ps(w.gq() + at), _mm512_load_ps(w.scale() + at));
+      __m512 grad = _mm512_fnmadd_ps(_mm512_mul_ps(two_ab, xv), _mm512_load_ps(w.acc() + at), gp);
+      if (P.relu) grad = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(xv, _mm512_setzero_ps(), _CMP_GT_OQ), grad);
+      store16(gx + c, m, grad);
+    }
+  }
+}
+#endif
 
 // One image's LRN output, position-major with row stride Cp, from its channels-last input x (HW x C).
 template <typename scalar_t, typename acc_t>
@@ -561,7 +793,7 @@ void nhwc_lrn_backward_position(const scalar_t* __restrict x, const acc_t* __res
     sq[c] = a[c] * a[c];
   }
   vector_window_scale(sq, scale, C, Cg, P);
-  pow_neg_beta_and_ratio(scale, pw, t, C, P.beta);  // t = s^(-beta-1) for now
+  pow_neg_beta(scale, pw, C, P.beta, t);  // t = s^(-beta-1) for now
 #pragma omp simd
   for (int64_t c = 0; c < C; ++c) t[c] = gq[c] * a[c] * t[c];
   const Params<acc_t> sum_only{P.half, acc_t(1), P.beta, acc_t(0), relu};  // k 0, alpha 1: the plain window sum
@@ -574,6 +806,57 @@ void nhwc_lrn_backward_position(const scalar_t* __restrict x, const acc_t* __res
     t[c] = dead ? acc_t(0) : gr;
   }
   for (int64_t c = 0; c < C; ++c) gx[c] = static_cast<scalar_t>(t[c]);
+}
+
+// Images [begin, end) of the channels-last forward and backward on the vector path; false where this build or
+// type has none (then the portable loops run).
+// Images [begin, end) of the channels-last forward and backward on the vector path; false where this build, the
+// type or the window (more than 2 channels either side) has none: then the portable loops run.
+template <typename scalar_t, typename acc_t>
+bool nhwc_forward_images_avx512(const scalar_t* xp, scalar_t* yp, uint8_t* ip, int64_t begin, int64_t end,
+                                const PoolShape& sh, int64_t groups, int64_t pool_k, int64_t pool_s,
+                                const Params<acc_t>& P) {
+#if ALEXNET_AVX512
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (P.half < 1 || P.half > 2) return false;
+    const int64_t C = sh.C, HW = sh.HW, Cp = padded_channels(C), out = sh.Ho * sh.Wo * C;
+    std::vector<float> b(HW * Cp, 0.f);
+    TowerScratch w(C, groups);
+    const auto lrn = P.half == 2 ? &nhwc_lrn_image_avx512<2, scalar_t> : &nhwc_lrn_image_avx512<1, scalar_t>;
+    const auto pool = pool_k == 3   ? &nhwc_max_pool_image_avx512<3, scalar_t>
+                      : pool_k == 2 ? &nhwc_max_pool_image_avx512<2, scalar_t>
+                                    : &nhwc_max_pool_image_avx512<0, scalar_t>;
+    for (int64_t n = begin; n < end; ++n) {
+      lrn(xp + n * HW * C, b.data(), HW, C, Cp, P, w);
+      pool(b.data(), yp + n * out, ip + n * out, C, Cp, sh.W, sh.Ho, sh.Wo, pool_k, pool_s);
+    }
+    return true;
+  }
+#endif
+  return false;
+}
+
+template <typename scalar_t, typename acc_t>
+bool nhwc_backward_images_avx512(const acc_t* gp, const scalar_t* xp, const uint8_t* ip, scalar_t* gxp, int64_t begin,
+                                 int64_t end, const PoolShape& sh, int64_t groups, int64_t pool_k, int64_t pool_s,
+                                 const Params<acc_t>& P) {
+#if ALEXNET_AVX512
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (P.half < 1 || P.half > 2) return false;
+    const int64_t C = sh.C, HW = sh.HW, out = sh.Ho * sh.Wo * C;
+    TowerScratch w(C, groups);
+    const auto lrn = P.half == 2 ? &nhwc_lrn_backward_position_avx512<2, scalar_t>
+                                 : &nhwc_lrn_backward_position_avx512<1, scalar_t>;
+    for (int64_t n = begin; n < end; ++n) {
+      for (int64_t q = 0; q < HW; ++q) {
+        gather_pooled_gradient(gp + n * out, ip + n * out, q / sh.W, q % sh.W, sh, pool_k, pool_s, w);
+        lrn(xp + (n * HW + q) * C, gxp + (n * HW + q) * C, P, w);
+      }
+    }
+    return true;
+  }
+#endif
+  return false;
 }
 
 std::tuple<at::Tensor, at::Tensor> lrn_pool_forward_nhwc(const at::Tensor& input, int64_t size, double alpha,
@@ -592,6 +875,7 @@ std::tuple<at::Tensor, at::Tensor> lrn_pool_forward_nhwc(const at::Tensor& input
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
       const int64_t Cp = padded_channels(C);  // padding lanes stay 0 and are never written out
       std::vector<acc_t> b(HW * Cp, acc_t(0)), sq(C), scale(C);
+      if (nhwc_forward_images_avx512(xp, yp, ip, begin, end, shape, groups, pool_k, pool_s, P)) return;
       const auto pool = pool_k == 3 && pool_s == 2   ? &nhwc_max_pool_image<3, 2, acc_t, scalar_t>
                         : pool_k == 2 && pool_s == 2 ? &nhwc_max_pool_image<2, 2, acc_t, scalar_t>
                                                      : &nhwc_max_pool_image<0, 0, acc_t, scalar_t>;
@@ -626,6 +910,7 @@ at::Tensor lrn_pool_backward_nhwc(const at::Tensor& grad, const at::Tensor& inpu
     const int64_t Cg = C / groups;
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> gb(HW * C), work(7 * C);
+      if (nhwc_backward_images_avx512(gp, xp, ip, gxp, begin, end, shape, groups, pool_k, pool_s, P)) return;
       for (int64_t n = begin; n < end; ++n) {
         std::fill(gb.begin(), gb.end(), acc_t(0));
         nhwc_unpool_image(gp + n * Ho * Wo * C, ip + n * Ho * Wo * C, gb.data(), C, W, Ho, Wo, pool_k, pool_s);
