@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
-# Every GPU check in one call (a lent H200 has 15 minutes a session): correctness, speed, a training run.
+# Every GPU check in one call (a loan is about 15 minutes a session, at most 10 a command), in two sections:
+# 1. correctness and speed, ours vs torchvision (under 5 minutes): OUTDIR/{gpu.txt,checks.txt,steps.jsonl};
+# 2. the experiments at full length, continuing from the run records of earlier loans: OUTDIR/experiments.
 # Usage on the GPU machine, from the repository root:
-#   bash benchmarks/gpu.sh OUTDIR [CIFAR_TAR]
-# CIFAR_TAR (default $ALEXNET_DATA/cifar10-jpeg.tar.gz) is prepared there and trained on with the cifar10
-# preset on the GPU. Results: OUTDIR/{gpu.txt,checks.txt,steps.jsonl,decode.json,prepare.json,train.log,
-# metrics.jsonl}.
+#   bash benchmarks/gpu.sh OUTDIR
 set -uo pipefail
 out="${1:-benchmarks/results/gpu}"
-cifar="${2:-${ALEXNET_DATA:-../shared/data}/cifar10-jpeg.tar.gz}"
 mkdir -p "$out"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
@@ -15,6 +13,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
 $py -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" \
   | tee -a "$out/gpu.txt"
 
+# ---- Section 1: correctness and speed -----------------------------------------------------------------------
 echo "== correctness (LRN paths, the model) and the CUDA tests"
 { $py benchmarks/gpu_checks.py; $py -m pytest -q -p no:cacheprovider tests/test_loader.py tests/test_augment.py \
   -k "cuda or CUDA"; } 2>&1 | tee "$out/checks.txt"
@@ -30,32 +29,20 @@ for cfg in "fp32 128 compile" "fp32 512 compile" "bf16 512 compile" "bf16 512 tr
     | tee -a "$out/steps.jsonl"
 done
 
-echo "== JPEG shards decoded on the GPU (nvJPEG) vs CPU workers: Imagenette prepared with --encoding jpeg"
-nette="${ALEXNET_DATA:-../shared/data}/imagenette2-224.tar.gz"
-if [ -f "$nette" ]; then
-  $py -m alexnet prepare "$nette" --out /tmp/alexnet-stores/imagenette-jpeg --encoding jpeg --workers "$(nproc)" \
-    --json > /dev/null && $py benchmarks/gpu_decode.py /tmp/alexnet-stores/imagenette-jpeg --json | tee "$out/decode.json"
-else
-  echo "skipped: $nette not found" | tee "$out/decode.json"
-fi
-
-echo "== prepare CIFAR-10 and train the cifar10 preset on the GPU"
-store=/tmp/alexnet-stores/cifar10
-$py -m alexnet prepare "$cifar" --out "$store" --size 32 --workers "$(nproc)" --json > "$out/prepare.json"
-tail -c 600 "$out/prepare.json"
-$py -m alexnet train --config cifar10 --data "$store" --run-dir /tmp/alexnet-runs/cifar10-gpu --no-progress \
-  --set run.device=cuda 2>&1 | tee "$out/train.log"
-cp /tmp/alexnet-runs/cifar10-gpu/metrics.jsonl "$out/metrics.jsonl" 2>/dev/null
-
-# The experiments (after every check above): as much as fits, each under a time limit; the runs resume, so a
-# later call continues them. The store sits on the device (data.in_memory) and is augmented there.
-echo "== experiments on the GPU: relu-vs-tanh (Figure 1, full length), the ablations (30 epochs, 1 seed), lrn-cifar (reduced)"
+# ---- Section 2: the experiments, resumable across loans ----------------------------------------------------
+# A loan is about 15 minutes, at most 10 a command, and its machine is bare: every finished run leaves a
+# record (experiments/records), the records this checkout carries are copied in first, so each loan trains
+# only what earlier loans (and the CPU) have not; bring OUTDIR/experiments/records back into experiments/records
+# and commit them. A run cut by its time limit is lost with the machine (its checkpoint was on it), so the
+# limits leave room for whole runs. The store sits on the device (data.in_memory) and is augmented there.
+echo "== experiments: Figure 1 (all 50,000 images, fp32), the ablations (30 epochs, every variant), lrn-cifar"
 exp_out="$out/experiments"
 mkdir -p "$exp_out"
-timeout "${RELU_TANH_S:-150}" $py -m alexnet experiment relu-vs-tanh --seeds 3 --budget paper --device cuda \
+cp -r experiments/records "$exp_out/" 2>/dev/null
+timeout "${RELU_TANH_S:-180}" $py -m alexnet experiment relu-vs-tanh --seeds 3 --budget paper --device cuda \
   --runs-dir /tmp/alexnet-runs/relu-vs-tanh --out "$exp_out" --no-progress 2>&1 | tail -n 5
-timeout "${ABLATIONS_S:-240}" $py -m alexnet experiment ablations --seeds 1 --budget gpu --device cuda \
+timeout "${ABLATIONS_S:-240}" $py -m alexnet experiment ablations --seeds 3 --budget gpu --device cuda \
   --runs-dir /tmp/alexnet-runs/ablations --out "$exp_out" --no-progress 2>&1 | tail -n 12
-timeout "${LRN_CIFAR_S:-120}" $py -m alexnet experiment lrn-cifar --seeds 3 --budget gpu --device cuda \
+timeout "${LRN_CIFAR_S:-90}" $py -m alexnet experiment lrn-cifar --seeds 3 --budget gpu --device cuda \
   --runs-dir /tmp/alexnet-runs/lrn-cifar --out "$exp_out" --no-progress 2>&1 | tail -n 5
-ls "$exp_out/results" 2>/dev/null
+ls "$exp_out/results" "$exp_out/records"/* 2>/dev/null

@@ -3,6 +3,8 @@ nothing here asserts the scientific outcome), killed midway and resumed, its int
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +22,25 @@ TINY = ("model.name=cifar_relu", "model.init=paper", "model.input_size=32", "dat
 
 class Killed(Exception):
     pass
+
+
+def test_holm_and_the_paired_test():
+    assert ablations.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": None}) == {
+        "a": pytest.approx(0.03), "b": pytest.approx(0.06), "c": pytest.approx(0.06), "d": None}
+    assert ablations.paired_t_p([0.01]) is None and ablations.paired_t_p([0.0, 0.0]) == 1.0
+    assert ablations.paired_t_p([0.02, 0.02, 0.02]) == 0.0
+    assert ablations.paired_t_p([0.01, 0.03, 0.02]) == pytest.approx(0.0742, abs=1e-3)  # t = 3.46, df 2
+
+
+def test_verdicts():
+    row = {"p_holm": 0.01, "paper_top1": 1.4, "top1_difference": 0.02, "top1_interval_seeds": [0.005, 0.03]}
+    assert ablations.verdict(row) == "reproduced"
+    assert ablations.verdict({**row, "top1_interval_seeds": [0.02, 0.03]}) == "direction only"
+    assert ablations.verdict({**row, "top1_difference": -0.02}) == "opposite sign"
+    assert ablations.verdict({**row, "p_holm": 0.2}) == "not at this budget"
+    assert ablations.verdict({**row, "p_holm": None}).startswith("not testable")
+    gap = {"p_holm": 0.01, "paper_top1": None, "gap_difference": 0.05}
+    assert ablations.verdict(gap).startswith("reproduced (more overfitting")
 
 
 def test_paired_bootstrap_and_seed_intervals():
@@ -50,21 +71,35 @@ def test_ablations_run_end_to_end_resume_and_table(tmp_path, monkeypatch):
         if len(finished) == 2:
             raise Killed
 
+    records = tmp_path / "records"
     with pytest.raises(Killed):
-        ablations.run_experiment(Runner(tmp_path / "runs", on_finished=kill_after_two), 2, budget, overrides)
-    runner = Runner(tmp_path / "runs")
+        ablations.run_experiment(Runner(tmp_path / "runs", on_finished=kill_after_two, records=records), 2,
+                                 budget, overrides)
+    runner = Runner(tmp_path / "runs", records=records)
     results = ablations.run_experiment(runner, 2, budget, overrides)
     assert len(runner.trained_now) == 6 - 2  # the two finished runs are not trained again
     keys = [r["variant"] for r in results["variants"]]
     assert keys == ["full", "no-lrn", "no-lighting"]
     for row in results["variants"]:
         assert len(row["runs"]) == 2 and 0 <= row["top1_error"] <= 1
+        assert all(r["gap"] == pytest.approx(r["top1_error"] - r["train_error"]) for r in row["runs"])
         if row["variant"] != "full":
             assert len(row["top1_interval_images"]) == 2 and len(row["top1_interval_seeds"]) == 2
-    assert len(results["table"]) == 3 and "**reduced**" in results["table"][1]["setting"]
-    assert all((tmp_path / "runs" / f"{k}-seed{s}" / "val_hits.npz").is_file() for k in keys for s in (0, 1))
+            assert 0 <= row["top1_p"] <= row["p_holm"] <= 1 and row["verdict"]
+    assert len(results["table"]) == 3 and "Holm" in results["table"][1]["setting"]
+    assert "Holm over 2 comparisons" in results["correction"]
+    for k in keys:  # each run's record holds its per-image hits
+        for seed in (0, 1):
+            record = json.loads((records / f"{k}-seed{seed}.json").read_text())
+            assert record["extras"]["val_hits"]["top1"]["n"] == 3 * 4 and record["seed"] == seed  # 3 of 4 classes
     ablations.plot(results, tmp_path / "ablations.png")
     assert Path(tmp_path / "ablations.png").stat().st_size > 10_000
+
+    # the runs folder gone (another machine): the records answer, nothing is trained or evaluated again
+    shutil.rmtree(tmp_path / "runs")
+    again = Runner(tmp_path / "runs", records=records)
+    assert ablations.run_experiment(again, 2, budget, overrides)["table"] == results["table"]
+    assert again.trained_now == [] and len(again.from_records) == 6
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -50,6 +51,24 @@ def test_stop_rule_extra_epochs_after_reaching_and_the_sweep_bound():
     assert done(_records([0.5, 0.2, 0.1, 0.1]))  # reached in epoch 2, then 2 more
     bounded = rvt.done_rule(extra=0, bound=3)
     assert not bounded(_records([0.5, 0.4])) and bounded(_records([0.5, 0.4, 0.3]))
+
+
+def _outcome(act: str, seed: int, errors: list[float]) -> RunOutcome:
+    return RunOutcome(f"{act}-{seed}", act, seed, "finished", _records(errors), 1.0, "", {"lr": 0.01})
+
+
+def test_ratio_at_every_threshold_with_an_interval_and_lower_bounds():
+    finals = {"relu": [_outcome("relu", 1, [0.5, 0.2]), _outcome("relu", 2, [0.5, 0.2])],
+              "tanh": [_outcome("tanh", 1, [0.6, 0.5, 0.4, 0.2]), _outcome("tanh", 2, [0.6, 0.5, 0.45, 0.4])]}
+    at50 = rvt.ratio_at(finals, 0.5)
+    assert at50["values"] == [pytest.approx(2.0), pytest.approx(2.0)] and at50["interval"] == [2.0, 2.0]
+    at25 = rvt.ratio_at(finals, 0.25)  # relu: 1 + 0.25 / 0.3 epochs; tanh seed 1: 3.75, seed 2 never
+    assert at25["values"] == [pytest.approx(3.75 / (1 + 0.25 / 0.3))] and at25["interval"] is None
+    assert at25["lower_bounds"] == [{"seed": 2, "at_least": pytest.approx(4 / (1 + 0.25 / 0.3))}]
+    assert rvt.verdict({"interval": [4.0, 7.0]}) == "reproduced"
+    assert rvt.verdict({"interval": [2.0, 4.0]}) == "direction only"
+    assert rvt.verdict({"interval": [0.8, 4.0]}) == "not at this budget"
+    assert rvt.verdict({"interval": None}).startswith("not testable")
 
 
 class FakeRunner:
@@ -178,6 +197,40 @@ def test_metrics_file_one_epoch_behind_its_checkpoint_is_caught_up_not_retrained
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
 
 
+def test_records_outlive_the_runs_folder_and_a_changed_config_trains_again(tmp_path, store):
+    spec = RunSpec("run", "relu", tiny_config(store, "run.epochs=1", *SMOKE), None, {"lr": 0.01})
+    records = tmp_path / "records"
+    first = Runner(tmp_path / "runs", log=lambda line: None, records=records)
+    outcome = first.run(spec)
+    assert first.extra(outcome, "answer", lambda o: {"value": 42}) == {"value": 42}
+    assert first.trained_now == ["run"] and (records / "run.json").is_file()
+    shutil.rmtree(tmp_path / "runs")  # another machine: only the committed records are there
+    second = Runner(tmp_path / "runs", log=lambda line: None, records=records)
+    again = second.run(spec)
+    assert second.trained_now == [] and second.from_records == ["run"]
+    assert again.metrics == outcome.metrics and again.facts == {"lr": 0.01} and again.wall_s == outcome.wall_s
+    assert second.extra(again, "answer", lambda o: 0) == {"value": 42}
+    with pytest.raises(FileNotFoundError, match="delete .*run.json to train the run again"):
+        second.extra(again, "other", lambda o: 0)  # nothing to compute it from
+    changed = RunSpec("run", "relu", tiny_config(store, "run.epochs=1", "optim.lr=0.003", *SMOKE))
+    third = Runner(tmp_path / "runs", log=lambda line: None, records=records)
+    third.run(changed)
+    assert third.trained_now == ["run"] and third.from_records == []
+    assert json.loads((records / "run.json").read_text())["config"]["optim"]["lr"] == 0.003
+
+
+def test_a_record_compares_the_store_by_its_name_not_its_path():
+    from alexnet.config import load_config
+    from alexnet.experiments.records import comparable_config, pack_bits, unpack_bits
+
+    here, there = (comparable_config(load_config("demo", [f"data.store={p}/stores/imagenette"]))
+                   for p in ("/root/.cache/alexnet", "/home/someone/.cache/alexnet"))
+    assert here == there and here["data"]["store"] == "imagenette"
+    bits = torch.rand(3925, generator=torch.Generator().manual_seed(0)).numpy() > 0.3
+    packed = pack_bits(bits)
+    assert (unpack_bits(packed) == bits).all() and len(packed["bits"]) < 700
+
+
 # --- the experiment end to end ------------------------------------------------------------------------------
 
 def _run(tmp_path: Path, store: Path, runner: Runner | None = None) -> dict:
@@ -198,9 +251,10 @@ def test_experiment_stopped_after_its_first_run_resumes_without_redoing_it(tmp_p
     assert key not in second.trained_now and marker.stat().st_mtime_ns == stamp
     assert results["trained_in_this_call"] == second.trained_now
 
-    # every (activation, lr, seed) in its own folder: the sweep's 2 rates at seed 0, then seed 1 at the chosen
+    # every (activation, lr, seed) in its own folder: the sweep's 2 rates at seed 0, then seeds 1 and 2 at the
+    # chosen rate (the sweep's seed is not reused)
     keys = {r["key"] for r in results["runs"]} | {r["key"] for s in results["sweep"].values() for r in s["runs"]}
-    assert len(keys) == results["runs_trained"] == 6 and key in keys
+    assert len(keys) == results["runs_trained"] == 8 and key in keys
     assert {p.name for p in (tmp_path / "runs").iterdir() if p.is_dir()} == keys  # beside them, their locks
 
     for name in ("experiment", "claim", "paper", "budget", "seeds", "config", "sweep", "runs", "epochs_to_25",
@@ -208,10 +262,12 @@ def test_experiment_stopped_after_its_first_run_resumes_without_redoing_it(tmp_p
         assert name in results, name
     assert results["hardware"]["cpu"] and results["hardware"]["cores"] >= 1
     assert results["budget"]["name"] == "smoke" and results["budget"]["reduced"] is True
-    assert results["seeds"] == [0, 1] and len(results["runs"]) == 4
+    assert results["seeds"] == [1, 2] and results["sweep_seed"] == 0 and len(results["runs"]) == 4
+    assert set(results["ratio_by_threshold"]) == {f"{t:.2f}" for t in rvt.THRESHOLDS}
+    assert results["ratio"] == results["ratio_by_threshold"]["0.25"]
     for act in ("relu", "tanh"):
         runs = [r for r in results["runs"] if r["activation"] == act]
-        assert [r["seed"] for r in runs] == [0, 1] and len({r["lr"] for r in runs}) == 1
+        assert [r["seed"] for r in runs] == [1, 2] and len({r["lr"] for r in runs}) == 1
         stats = results["epochs_to_25"][act]
         values = [r["epochs_to_25"] for r in runs if r["epochs_to_25"] is not None]
         assert stats["values"] == values and stats["n"] == len(values)
@@ -249,8 +305,10 @@ def test_table_is_generated_from_every_results_file(tmp_path, capsys):
     lines = (tmp_path / "README.md").read_text().splitlines()
     rows = [line for line in lines if line.startswith(("| claim a", "| claim b"))]
     assert rows[0].startswith("| claim a ([plot](results/x.png)) | 6x | 2.0 ± 0.1x \\| n = 3 |")  # | escaped
-    assert "AMD EPYC, 2 cores (cpu, torch 2.14.1); budget cpu (reduced); 1.5 min" in rows[0]
-    assert "claim b" in rows[1] and "`alexnet experiment x --seeds 3`" in rows[1]
+    assert "claim b" in rows[1]
+    settings = [line for line in lines if line.startswith("| [")]  # one per results file, in file order
+    assert settings[0].startswith("| [a](results/a.json) | AMD EPYC, 2 cores (cpu, torch 2.14.1) |")
+    assert "budget cpu (reduced) | 1.5 min | `alexnet experiment x --seeds 3` |" in settings[0]
     assert str(tmp_path / "README.md") in capsys.readouterr().out
 
 
@@ -258,7 +316,7 @@ def test_unknown_experiment_and_budget_are_one_line_errors(capsys):
     assert cli_main(["experiment", "nope"]) == 1
     assert "unknown experiment 'nope'; experiments: relu-vs-tanh" in capsys.readouterr().err
     assert cli_main(["experiment", "relu-vs-tanh", "--budget", "huge"]) == 1
-    assert "unknown budget 'huge' for relu-vs-tanh; budgets: cpu, cpu-long, paper, smoke" in capsys.readouterr().err
+    assert "unknown budget 'huge' for relu-vs-tanh; budgets: cpu, paper, smoke" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -284,7 +342,7 @@ def test_experiment_killed_with_sigkill_continues_where_it_stopped(tmp_path, sto
     log.close()
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "resuming from" in out.stdout  # the killed run continued from its checkpoint
+    assert "resuming from" in out.stderr  # the killed run continued from its checkpoint (the log is on stderr)
     for key, stamp in finished.items():
         assert (tmp_path / "runs" / key / OUTCOME_FILE).stat().st_mtime_ns == stamp, key
     results = json.loads((tmp_path / "out" / "results" / "relu-vs-tanh-smoke.json").read_text())

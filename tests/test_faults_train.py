@@ -352,7 +352,7 @@ def test_torchrun_worker_killed_restarts_from_its_checkpoint_and_ends_like_an_un
     out, err = job.communicate(timeout=300)
     assert job.returncode == 0, err
     assert "failed (exitcode: -9)" in err  # torchrun saw the worker die ...
-    assert "resuming from" in out and "step 0" not in out  # ... and restarted both from the checkpoint
+    assert "resuming from" in err and "step 0" not in err  # ... and restarted both from the checkpoint (the log)
     _same_weights(
         tmp_path / "undisturbed" / "checkpoints" / "latest.pt",
         tmp_path / "disturbed" / "checkpoints" / "latest.pt",

@@ -303,3 +303,33 @@ def test_channels_last_kernel_refuses_what_it_cannot_do():
     with pytest.raises(RuntimeError, match="argmax"):
         torch.ops.alexnet_lrn.pool_backward_nhwc(torch.ones_like(y), x, argmax.float(), 5, 2e-5, 0.75, 2.0, True,
                                                  3, 2, 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_compile_and_export_trace_through_the_fused_kernel(layout):
+    """The C++ operators have fake kernels: dynamo sees the paper's network as one graph, torch.export
+    exports it, and a compiled training step (forward and backward through the kernel) matches eager."""
+    from alexnet.models import create_model
+
+    assert cpp_kernel_available()
+    torch.manual_seed(0)
+    model = create_model("alexnet", 10).eval().to(memory_format=layout)
+    x = torch.randn(2, 3, 224, 224).contiguous(memory_format=layout)
+    assert torch._dynamo.explain(model)(x).graph_break_count == 0
+    exported = torch.export.export(model, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(x), model(x))
+
+    model.train()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    torch.manual_seed(1)
+    eager_loss = model(x).square().mean()
+    eager_loss.backward()
+    eager_grad = model.conv1.weight.grad.clone()
+    model.zero_grad()
+    torch.manual_seed(1)  # the same dropout masks
+    compiled_loss = compiled(x).square().mean()
+    compiled_loss.backward()
+    torch.testing.assert_close(compiled_loss, eager_loss)
+    torch.testing.assert_close(model.conv1.weight.grad, eager_grad)

@@ -7,6 +7,7 @@ from alexnet.experiments.table import write_table
 
 def _results(claim: str, **extra) -> dict:
     return {"table": {"claim": claim, "paper": "p", "ours": "o", "setting": "s"}, "command": "alexnet experiment x",
+            "experiment": claim.replace(" ", "-"), "budget": {"name": "cpu", "reduced": True, "note": "short"},
             "wall_time_s": 60.0, "plot": "x.png",
             "hardware": {"gpu": None, "cpu": "CPU", "cores": 2, "device": "cpu", "torch": "2.14.1"}, **extra}
 
@@ -23,3 +24,17 @@ def test_rows_measured_on_the_old_network_are_marked_and_single_run_records_are_
     assert "old network" not in new
     assert "**measured on the old network** (inverted dropout; to be re-run): o" in old
     assert "- [run.json](results/run.json): `alexnet train --config paper`" in text
+
+
+def test_claims_carry_verdicts_and_each_experiment_one_settings_row(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    judged = _results("judged")
+    judged["table"] = [{**judged["table"], "verdict": "direction only"}, {**judged["table"], "claim": "second"}]
+    (results / "a.json").write_text(json.dumps(judged))
+    text = write_table(tmp_path).read_text()
+    claims, settings = text.split("How each experiment ran")
+    assert "| judged ([plot](results/x.png)) | p | o | direction only |" in claims
+    assert "| second ([plot](results/x.png)) | p | o | not judged (results file older than verdicts) |" in claims
+    assert settings.count("](results/a.json)") == 1
+    assert "| cpu (**reduced**: short); s | 1.0 min | `alexnet experiment x` |" in settings

@@ -11,6 +11,7 @@ where everything is. The figures and the report take a few seconds, kept out of 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from dataclasses import replace
@@ -25,6 +26,8 @@ from alexnet.data.prepare import cached_store
 from alexnet.evaluate import evaluate_checkpoints
 from alexnet.fsutil import write_json
 from alexnet.train import fit
+
+log = logging.getLogger(__name__)
 
 IMAGENETTE = "imagenette2-224"
 FIGURES_RESERVE_S = 10.0  # kernels, eight predictions and the report after the ten crops (8 s measured; the
@@ -73,10 +76,9 @@ def run_demo(run_dir: str | None = None, minutes: float = 15.0, as_json: bool = 
     config = load_config("demo", [f"data.store={store}"])
     config = replace(config, run=replace(config.run, budget_minutes=round(budget, 3), reserve_ten_crop=True))
     run = Path(run_dir or Path("runs") / f"demo-{datetime.now():%Y%m%d-%H%M%S}")
-    print(
+    log.info(
         f"training the paper's network on Imagenette in what is left of {minutes:g} minutes ({budget:.1f}), "
-        f"keeping time for the ten-crop evaluation; run folder {run}",
-        flush=True,
+        f"keeping time for the ten-crop evaluation; run folder {run}"
     )
     summary = fit(config, run)
     if summary["status"] == "interrupted":  # no ten-crop evaluation: the user asked to stop
@@ -88,7 +90,7 @@ def run_demo(run_dir: str | None = None, minutes: float = 15.0, as_json: bool = 
         )
         return 128 + summary["signal"]
     centre = summary["last"]
-    print("evaluating the ten crops ...", flush=True)
+    log.info("evaluating the ten crops ...")
     ten = evaluate_checkpoints(
         [summary["latest"]],
         store,

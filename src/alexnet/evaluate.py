@@ -145,8 +145,23 @@ def predict_files(
     Several checkpoints average their softmax outputs. Returns one dict per image:
     {"image": path, "predictions": [{"class": id, "name": name, "probability": p}, ...]}.
     """
+    return predict_images(checkpoints, images, ten_crop=ten_crop, top=top, device=device)
+
+
+def predict_images(
+    networks: TrainedNetwork | str | os.PathLike | list[TrainedNetwork | str | os.PathLike],
+    images: list[str | os.PathLike],
+    ten_crop: bool = False,
+    top: int = 5,
+    device: str = "auto",
+) -> list[dict]:
+    """`predict_files` for networks in memory (`alexnet.from_pretrained`) or paths to them, one or several
+    (an ensemble averages their softmax outputs); each network is moved to `device`."""
     dev = resolve_device(device)
-    models = [load_trained(p, dev) for p in checkpoints]
+    items = networks if isinstance(networks, list) else [networks]
+    models = [n if isinstance(n, TrainedNetwork) else load_trained(n, dev) for n in items]
+    for m in models:
+        m.model.to(dev)
     first = models[0]
     for other in models[1:]:
         if other.classes != first.classes or other.mean.shape != first.mean.shape:

@@ -12,11 +12,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from alexnet.fsutil import atomic_write
+
+log = logging.getLogger(__name__)
 
 
 def _inside(relative: str) -> property:
@@ -121,11 +124,10 @@ class RunLogger:
         plot_curves(metrics, self.paths.plot)
         val = (f"val top-1 {100 * record['val_top1_error']:.2f}% top-5 {100 * record['val_top5_error']:.2f}%"
                if record["val_top1_error"] is not None else "not validated")
-        print(
+        log.info(
             f"epoch {record['epoch']:g}/{epochs:g}  train loss {record['train_loss']:.4f} "
             f"error {100 * record['train_error']:.2f}%  |  {val}  |  lr {record['lr']:.3g}  "
-            f"{record['images_per_s']:.1f} img/s  {record['wall_time_s'] / 60:.1f} min",
-            flush=True,
+            f"{record['images_per_s']:.1f} img/s  {record['wall_time_s'] / 60:.1f} min"
         )
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ that cannot start leaves no folder behind.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -60,6 +61,8 @@ from alexnet.resume import adopt_unset_keys, resume_conflicts
 from alexnet.rundir import RunLogger, RunPaths
 from alexnet.seeding import batch_generator, rng_state, set_rng_state
 from alexnet.signals import StopSignal
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -223,7 +226,7 @@ def _plan_budget(run: Run, pos: Position, control: StopRules, paths: RunPaths) -
         run.schedule.total_steps = plan["total_steps"]
     _save(run, pos, control, paths, latest=True)  # the plan is part of the run from here on
     if run.process.is_main:
-        print(describe_plan(plan, run.steps_per_epoch), flush=True)
+        log.info(describe_plan(plan, run.steps_per_epoch))
 
 
 def time_validation(run: Run, clock: Callable[[], float], batches: int = 2) -> float:
@@ -291,8 +294,8 @@ def _build(config: Config, process: DistInfo, store: Store, state: TrainingState
     elif pretrained is not None:
         fresh = load_pretrained(model, pretrained)
         if process.is_main:
-            print(f"{config.model.name} from {pretrained}: every weight but {', '.join(fresh)}, which start "
-                  f"fresh for {config.model.num_classes} classes", flush=True)
+            log.info(f"{config.model.name} from {pretrained}: every weight but {', '.join(fresh)}, which start "
+                     f"fresh for {config.model.num_classes} classes")
     model, unwrapped = place_model(model, config.run, process)
     optim = config.optim
     groups = parameter_groups(unwrapped, optim.weight_decay, optim.decay_biases, optim.bias_lr_scale)
@@ -312,8 +315,7 @@ def _position(state: TrainingState | None, process: DistInfo, paths: RunPaths) -
         return Position()
     set_rng_state(state.rng[process.rank])
     if process.is_main:
-        print(f"resuming from {paths.latest}: epoch {state.epoch + 1}, batch {state.batch}, step {state.step}",
-              flush=True)
+        log.info(f"resuming from {paths.latest}: epoch {state.epoch + 1}, batch {state.batch}, step {state.step}")
     metrics = [m for m in state.metrics if not m.get("partial")]
     stats = EpochStats(**state.epoch_stats)
     return Position(state.epoch, state.batch, state.step, state.best, metrics, stats, state.plan)

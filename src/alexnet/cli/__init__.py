@@ -12,6 +12,7 @@ example (`common.command_texts`). COMMANDS lists them in the order `alexnet --he
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import traceback
@@ -65,10 +66,34 @@ def console() -> None:
     raise SystemExit(main())
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to sys.stderr as it is at each record (a test's capture replaces it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def show_library_log() -> None:
+    """The library logs (epoch lines, plans, resumption) and prints nothing; the command line shows its log
+    on stderr, so that stdout holds only a command's result (one JSON document with --json)."""
+    logger = logging.getLogger("alexnet")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # experiment records the command line that produced its results
+    show_library_log()
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -4,6 +4,7 @@ as weights the others take)."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from alexnet.cli.common import Parents, add_command, options, print_result
 
@@ -79,13 +80,20 @@ def add_predict(sub, shared: Parents) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    """write a checkpoint's weights as safetensors, or the network as ONNX.
+    """write a checkpoint as a pretrained folder, its weights as safetensors, or the network as ONNX.
 
-    Safetensors carry the model name, classes and config as metadata; ONNX takes normalised crops and returns logits.
-    The training store's mean image is written beside either as NAME.mean.npy.
+    A pretrained folder (model.safetensors with the mean image inside, config.json, a model card README.md) is what
+    alexnet.from_pretrained and torch.hub load. Safetensors carry the model name, classes and config as metadata;
+    ONNX takes normalised crops and returns logits; beside either the training store's mean image as NAME.mean.npy.
 
-    example: alexnet export runs/demo/checkpoints/best.pt --format safetensors --out alexnet.safetensors
+    example: alexnet export runs/demo/checkpoints/best.pt --format pretrained --out alexnet-imagenette
     """
+    if args.format == "pretrained":
+        from alexnet.pretrained import save_pretrained
+
+        folder = save_pretrained(args.checkpoint, args.out or Path(args.checkpoint).with_suffix(""))
+        print_result({"path": str(folder)}, args.json, str(folder))
+        return 0
     from alexnet.export import export
 
     path = export(args.checkpoint, args.format, args.out)
@@ -96,8 +104,8 @@ def _export(args: argparse.Namespace) -> int:
 def add_export(sub, shared: Parents) -> None:
     own = options()
     own.add_argument("checkpoint", help="checkpoint (.pt) to export")
-    own.add_argument("--format", choices=["safetensors", "onnx"], required=True, help="what to write")
-    own.add_argument("--out", default=None, help="output file (default: beside the checkpoint)")
+    own.add_argument("--format", choices=["pretrained", "safetensors", "onnx"], required=True, help="what to write")
+    own.add_argument("--out", default=None, help="output folder or file (default: beside the checkpoint)")
     add_command(sub, "export", parents=[own, shared.json], func=_export)
 
 

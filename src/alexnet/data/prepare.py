@@ -14,6 +14,7 @@ written last; the ``.work`` folder is removed after it.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -45,6 +46,8 @@ from alexnet.data.store import (
 from alexnet.errors import BadImage, DataError
 from alexnet.fsutil import remove_temporaries
 from alexnet.paths import cache_dir, resolve_source
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SHARD_SIZE = 1024
 
@@ -360,7 +363,7 @@ def cached_store(name: str, source: str, size: int = 256) -> Path:
     store = cache_dir() / "stores" / name
     if not (store / "meta.json").is_file():
         found = resolve_source(source)
-        print(f"preparing {found} into {store} (once) ...", flush=True)
+        log.info(f"preparing {found} into {store} (once) ...")
         prepare_store(found, store, size=size)
     return store
 

@@ -10,6 +10,7 @@ carries (command, code version, machine, wall time), writes `OUT/results/NAME.js
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -19,6 +20,8 @@ from alexnet.experiments import ablations, lrn_cifar, paper_recipe, relu_vs_tanh
 from alexnet.experiments.runner import Runner, code_version
 from alexnet.experiments.table import write_table
 from alexnet.fsutil import write_json
+
+_log = logging.getLogger(__name__).info  # where progress lines go unless a caller says otherwise
 
 EXPERIMENTS: dict[str, ModuleType] = {
     m.NAME: m for m in (relu_vs_tanh, lrn_cifar, ablations, time_to_accuracy, paper_recipe)
@@ -42,7 +45,7 @@ def run(
     overrides: tuple[str, ...] = (),
     command: str | None = None,
     progress: bool = False,
-    log=print,
+    log=_log,
     runner: Runner | None = None,
 ) -> dict:
     """Run (or continue) experiment `name` and write its results, plot and the table.
@@ -54,7 +57,8 @@ def run(
         device: every run's run.device.
         runs_dir: where the run folders go (default runs/experiments/NAME/BUDGET); runs finished there are
             not redone, an unfinished one resumes from its checkpoint.
-        out: the folder holding results/ and README.md.
+        out: the folder holding results/, records/ and README.md; a run with a matching record in
+            OUT/records/NAME/FOLDER is not trained again (`alexnet.experiments.records`).
         overrides: config overrides for every run (section.key=value).
         command: the command line recorded in the results (default: the equivalent `alexnet experiment`).
         runner: a Runner to use (tests pass one with hooks); default one over runs_dir.
@@ -72,7 +76,8 @@ def run(
     chosen = module.BUDGETS[budget]
     folder = getattr(chosen, "runs", budget)  # budgets that share runs name the same folder
     runs_dir = Path(runs_dir) if runs_dir is not None else Path("runs") / "experiments" / name / folder
-    runner = runner or Runner(runs_dir, progress=progress, log=log)
+    records = Path(out) / "records" / name / folder
+    runner = runner or Runner(runs_dir, progress=progress, log=log, records=records)
     t0 = time.monotonic()
     results = module.run_experiment(runner, seeds, chosen, (f"run.device={device}", *overrides))
     env = environment(device)
@@ -83,6 +88,7 @@ def run(
         "environment": env,
         "runs_dir": str(runs_dir),
         "trained_in_this_call": list(runner.trained_now),
+        "from_records": list(runner.from_records),
         "this_call_wall_s": time.monotonic() - t0,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })

@@ -8,12 +8,15 @@ the experiments on the paper's network, and `imagenette_overrides` points their 
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from alexnet.paths import cache_dir, resolve_source
+
+_log = logging.getLogger(__name__).info  # where progress lines go unless a caller says otherwise
 
 CIFAR10 = "cifar10-jpeg"
 IMAGENETTE = "imagenette"  # the demo's store, under $ALEXNET_CACHE/stores
@@ -28,6 +31,9 @@ class ImagenetteBudget:
     reduced: whether this is less than the experiment's full length (the table says so).
     precision: run.precision of every run (None: the preset's).
     store: a prepared store (path or name); the default is the demo's Imagenette store.
+    variants: the variants this budget trains, by key (None: every variant of the experiment).
+    threads: run.threads of every run (0: torch's default), fixed so that a run repeats exactly on a machine
+        (oneDNN's results depend on the number of threads).
     """
 
     name: str
@@ -36,11 +42,15 @@ class ImagenetteBudget:
     note: str
     precision: str | None = None
     store: str = IMAGENETTE
+    variants: tuple[str, ...] | None = None
+    threads: int = 0
 
 
 def imagenette_overrides(budget: ImagenetteBudget, overrides: tuple[str, ...]) -> tuple[str, ...]:
-    """`overrides` with data.store set to the demo's Imagenette store (prepared once), unless they set a
-    store or the budget names another."""
+    """`overrides` with the budget's threads (if it fixes them and the overrides do not) and data.store set
+    to the demo's Imagenette store (prepared once), unless they set a store or the budget names another."""
+    if budget.threads and not any(o.startswith("run.threads=") for o in overrides):
+        overrides = (*overrides, f"run.threads={budget.threads}")
     if budget.store != IMAGENETTE or any(o.startswith("data.store=") for o in overrides):
         return overrides
     from alexnet.data.prepare import cached_store  # imports torch: only when the store is needed
@@ -62,7 +72,7 @@ def _subset_members(archive: tarfile.TarFile, per_class: dict[str, int | None]) 
     return kept
 
 
-def cifar10_store(train_per_class: int | None = None, test_per_class: int | None = None, log=print,
+def cifar10_store(train_per_class: int | None = None, test_per_class: int | None = None, log=_log,
                   held_out_per_class: int = 0) -> Path:
     """The prepared 32x32 CIFAR-10 store under $ALEXNET_CACHE/stores (prepared here the first time).
 

@@ -44,7 +44,6 @@ spread" when the interval excludes 0.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from dataclasses import asdict, dataclass
@@ -53,7 +52,6 @@ from pathlib import Path
 from alexnet.config import Config, config_to_dict, load_config
 from alexnet.experiments.data import cifar10_store
 from alexnet.experiments.runner import Runner, RunOutcome, RunSpec, summary_stats, t975
-from alexnet.fsutil import write_json
 
 NAME = "lrn-cifar"
 CLAIM = "Section 3.3: response normalisation takes a four-layer CNN on CIFAR-10 from 13 % to 11 % test error"
@@ -61,7 +59,6 @@ MODELS = {"no-lrn": "cifar_convlocal", "lrn": "cifar_convlocal_lrn"}
 PAPER = {"no-lrn": 0.13, "lrn": 0.11}
 LR = 0.001  # epsW
 WEIGHT_DECAY = 0.004  # the local layers' wc; conv1/conv2 0, fc10 2.5x (alexnet.models.small.CONVLOCAL_DECAY)
-TEST_FILE = "test_error.json"
 
 
 @dataclass(frozen=True)
@@ -136,25 +133,21 @@ def base_config(variant: str, seed: int, budget: Budget, overrides: tuple[str, .
     ])
 
 
-def test_error(outcome: RunOutcome, device: str = "auto") -> dict:
+def test_error(runner: Runner, outcome: RunOutcome, device: str = "auto") -> dict:
     """The last checkpoint's error on the store's test split (the eval split when it has none), multi-view
-    and centre crop; kept in the run folder (test_error.json, with the run's epochs: a run trained further
-    is evaluated again) so a rerun does not evaluate again."""
+    and centre crop; kept in the run's record (`Runner.extra`), so a rerun does not evaluate again."""
+    return runner.extra(outcome, "test_error", lambda o: _test_error(o, device))
+
+
+def _test_error(outcome: RunOutcome, device: str) -> dict:
     from alexnet.evaluate import evaluate_checkpoints
 
-    cache = Path(outcome.run_dir) / TEST_FILE
-    if cache.is_file():
-        stored = json.loads(cache.read_text())
-        if stored.get("epochs") == outcome.epochs:
-            return stored
     config = load_config(outcome.paths.config)
-    checkpoint = outcome.paths.latest
     result = {"epochs": outcome.epochs}
     for views, ten in (("multiview", True), ("centre", False)):
-        r = evaluate_checkpoints([checkpoint], config.data.store, split=_test_split(config.data.store),
+        r = evaluate_checkpoints([outcome.paths.latest], config.data.store, split=_test_split(config.data.store),
                                  ten_crop=ten, batch_size=500, precision="fp32", device=device, progress=False)
         result.update({f"{views}_top1_error": r["top1_error"], "split": r["split"], "images": r["images"]})
-    write_json(cache, result)
     return result
 
 
@@ -176,7 +169,7 @@ def run_experiment(runner: Runner, seeds: int, budget: Budget, overrides: tuple[
         overrides = (f"data.store={store}", *overrides)
     outcomes = {v: [runner.run(RunSpec(f"{v}-seed{seed}", v, base_config(v, seed, budget, overrides)))
                     for seed in range(seeds)] for v in MODELS}
-    tests = {v: [test_error(o, device) for o in runs] for v, runs in outcomes.items()}
+    tests = {v: [test_error(runner, o, device) for o in runs] for v, runs in outcomes.items()}
     return summarize(outcomes, tests, budget, seeds, overrides)
 
 

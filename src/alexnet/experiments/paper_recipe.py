@@ -142,18 +142,20 @@ def run_experiment(runner: Runner, seeds: int, budget: Budget, overrides: tuple[
             live = LiveUnitsPerEpoch(runner.root / key)
             outcome = runner.run(RunSpec(key, recipe, base_config(recipe, seed, budget, overrides), done=live))
             live(outcome.metrics)  # the last epoch: the runner stops at the cap without asking the rule
+            runner.extra(outcome, "live_units", lambda o: LiveUnitsPerEpoch(o.paths.root).read())
+            runner.extra(outcome, "classes", lambda o: load_config(o.paths.config).model.num_classes)
             outcomes.setdefault(recipe, []).append(outcome)
     return summarize(outcomes, budget, seeds, overrides)
 
 
 def _live_by_epoch(outcome: RunOutcome) -> list[dict | None]:
     """The run's live-unit counts, one per epoch (None where an epoch has none)."""
-    counts = LiveUnitsPerEpoch(outcome.paths.root).read()
+    counts = outcome.extras["live_units"]
     return [counts.get(str(epoch)) for epoch in range(1, len(outcome.metrics) + 1)]
 
 
 def _classes(outcome: RunOutcome) -> int:
-    return load_config(outcome.paths.config).model.num_classes
+    return outcome.extras["classes"]
 
 
 def summarize(outcomes: dict[str, list[RunOutcome]], budget: Budget, seeds: int, overrides: tuple[str, ...]) -> dict:

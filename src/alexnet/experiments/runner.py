@@ -15,6 +15,12 @@ of a longer run gets its first epochs.
     RUNS/<key>/                        an ordinary run folder (`alexnet.rundir`)
     RUNS/<key>/experiment-run.json     the finished run's outcome (written last, atomically)
     RUNS/<key>/experiment-wall.json    seconds spent in fit so far, across calls
+
+With a records folder (`alexnet experiment` uses experiments/records/NAME/FOLDER), every finished run also
+leaves a small record there (`alexnet.experiments.records`), and a run whose record matches its spec is done
+on any machine: the runner returns the stored outcome without its run folder. What an experiment derives
+from a finished run's checkpoint (per-image hits, live units) it asks of `Runner.extra`, which keeps the
+result in the record, so that a run from a record needs no checkpoint.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -33,9 +40,12 @@ from pathlib import Path
 from scipy import stats
 
 from alexnet.config import Config
+from alexnet.experiments.records import read_record, record_path, write_record
 from alexnet.fsutil import write_json
 from alexnet.rundir import RunPaths, write_metrics
 from alexnet.rundir import read_metrics as read_records
+
+_log = logging.getLogger(__name__).info  # where progress lines go unless a caller says otherwise
 
 Metrics = list[dict]
 OUTCOME_FILE = "experiment-run.json"
@@ -74,6 +84,7 @@ class RunOutcome:
     wall_s: float  # seconds spent in fit, over every call that trained this run
     run_dir: str
     facts: dict = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)  # what the experiment derived from the finished run (JSON)
 
     @property
     def epochs(self) -> int:
@@ -97,15 +108,19 @@ class Runner:
         progress: tqdm bars inside fit.
         log: where one line per epoch-chunk and per run goes.
         on_finished: called with each outcome the moment its marker is written (tests kill here).
+        records: the folder of this experiment's run records (None: run folders only).
     """
 
-    def __init__(self, root: str | os.PathLike, progress: bool = False, log: Callable[[str], None] = print,
-                 on_finished: Callable[[RunOutcome], None] | None = None) -> None:
+    def __init__(self, root: str | os.PathLike, progress: bool = False, log: Callable[[str], None] = _log,
+                 on_finished: Callable[[RunOutcome], None] | None = None,
+                 records: str | os.PathLike | None = None) -> None:
         self.root = Path(root)
         self.progress = progress
         self.log = log
         self.on_finished = on_finished
+        self.records = Path(records) if records is not None else None
         self.trained_now: list[str] = []  # keys this Runner trained (rather than found finished)
+        self.from_records: list[str] = []  # keys whose outcome came from a record
 
     def finished(self, key: str) -> RunOutcome | None:
         """The stored outcome of run `key`, or None while it is not finished."""
@@ -124,11 +139,19 @@ class Runner:
             return self._run(spec)
 
     def _run(self, spec: RunSpec) -> RunOutcome:
+        record = read_record(self.records, spec.key, spec.config)
+        if record is not None:
+            outcome = self._from_record(spec, record)
+            if outcome.status == "diverged" or _complete(spec, outcome.metrics):
+                self.from_records.append(spec.key)
+                return _prefix(spec, outcome)
+            # the spec asks more epochs than the record holds: continue the run folder (or train it anew)
         stored = self.finished(spec.key)
-        if stored is not None and stored.status == "diverged":
-            return stored
-        if stored is not None and _complete(spec, stored.metrics):
-            return _prefix(spec, stored)
+        if stored is not None and (stored.status == "diverged" or _complete(spec, stored.metrics)):
+            outcome = stored if stored.status == "diverged" else _prefix(spec, stored)
+            if record is None or len(record["metrics"]) < outcome.epochs:
+                self._write_record(spec, outcome)  # a run finished before records were kept
+            return outcome
         import torch
 
         from alexnet.errors import NonFiniteLossError
@@ -170,10 +193,55 @@ class Runner:
         outcome = RunOutcome(spec.key, spec.variant, spec.config.run.seed, status, metrics, wall, str(run_dir),
                              spec.facts)
         write_json(run_dir / OUTCOME_FILE, {k: v for k, v in asdict(outcome).items() if k != "metrics"})
+        self._write_record(spec, outcome)
         self.log(f"{spec.key}: {status} after {outcome.epochs} epochs, {wall / 60:.1f} min")
         if self.on_finished is not None:
             self.on_finished(outcome)
         return outcome
+
+
+    def extra(self, outcome: RunOutcome, name: str, compute: Callable[[RunOutcome], object]) -> object:
+        """`outcome.extras[name]`, computed from the finished run folder by `compute(outcome)` the first time
+        (JSON-ready) and kept in its marker and its record."""
+        if name in outcome.extras:
+            return outcome.extras[name]
+        if not Path(outcome.run_dir).is_dir():
+            where = record_path(self.records, outcome.key) if self.records else outcome.run_dir
+            raise FileNotFoundError(
+                f"{outcome.key}: its record has no {name!r} and its run folder {outcome.run_dir} is gone, so "
+                f"there is nothing to compute it from; delete {where} to train the run again")
+        outcome.extras[name] = value = compute(outcome)
+        # kept where the stored run is this outcome (not a longer run that this one is the first epochs of)
+        marker = Path(outcome.run_dir) / OUTCOME_FILE
+        if marker.is_file() and len(read_metrics(Path(outcome.run_dir))) == outcome.epochs:
+            data = json.loads(marker.read_text())
+            write_json(marker, {**data, "extras": {**data.get("extras", {}), name: value}})
+        path = record_path(self.records, outcome.key) if self.records is not None else None
+        if path is not None and path.is_file():
+            data = json.loads(path.read_text())
+            if len(data["metrics"]) == outcome.epochs:
+                write_json(path, {**data, "extras": {**data.get("extras", {}), name: value}}, indent=1)
+        return value
+
+    def _from_record(self, spec: RunSpec, record: dict) -> RunOutcome:
+        return RunOutcome(spec.key, record["variant"], record["seed"], record["status"], record["metrics"],
+                          record["wall_s"], str(self.root / spec.key), record.get("facts", {}),
+                          record.get("extras", {}))
+
+    def _write_record(self, spec: RunSpec, outcome: RunOutcome) -> None:
+        if self.records is None:
+            return
+        from alexnet.info import cpu_model
+
+        fields = {k: v for k, v in asdict(outcome).items() if k not in ("key", "run_dir")}
+        fields.update(code_version=code_version(), cpu=cpu_model(), threads=_threads())
+        write_record(self.records, spec.key, fields, spec.config)
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 @contextlib.contextmanager
@@ -225,7 +293,8 @@ def _prefix(spec: RunSpec, outcome: RunOutcome) -> RunOutcome:
     if k == len(metrics):
         return outcome
     share = metrics[k - 1]["wall_time_s"] / metrics[-1]["wall_time_s"] if metrics[-1]["wall_time_s"] else 1.0
-    return dataclasses.replace(outcome, metrics=metrics[:k], wall_s=outcome.wall_s * share)
+    # what was derived from the longer run's end is not this outcome's
+    return dataclasses.replace(outcome, metrics=metrics[:k], wall_s=outcome.wall_s * share, extras={})
 
 
 def code_version() -> dict:

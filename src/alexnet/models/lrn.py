@@ -128,7 +128,31 @@ def cpp_kernel_available() -> bool:
             stacklevel=2,
         )
         return False
+    _register_fake_kernels()
     return True
+
+
+def _register_fake_kernels() -> None:
+    """Shapes, dtypes and layouts of the C++ operators' outputs without running them (torch.library fake
+    kernels), so that torch.compile(fullgraph=True) and torch.export trace through the fused LRN."""
+    plain, nhwc = torch.contiguous_format, torch.channels_last
+
+    def pooled(x: torch.Tensor, pool_k: int, pool_s: int, layout: torch.memory_format):
+        n, c, h, w = x.shape
+        shape = (n, c, (h - pool_k) // pool_s + 1, (w - pool_k) // pool_s + 1)
+        return (x.new_empty(shape).contiguous(memory_format=layout),
+                x.new_empty(shape, dtype=torch.uint8).contiguous(memory_format=layout))
+
+    def fake(name: str, fn) -> None:
+        torch.library.register_fake(f"alexnet_lrn::{name}")(fn)
+
+    fake("forward", lambda x, size, alpha, beta, k, relu: torch.empty_like(x, memory_format=plain))
+    fake("backward", lambda grad, x, size, alpha, beta, k, relu: torch.empty_like(x, memory_format=plain))
+    fake("pool_forward", lambda x, size, alpha, beta, k, relu, pool_k, pool_s: pooled(x, pool_k, pool_s, plain))
+    fake("pool_backward", lambda grad, x, argmax, *params: torch.empty_like(x, memory_format=plain))
+    fake("pool_forward_nhwc",
+         lambda x, size, alpha, beta, k, relu, pool_k, pool_s, groups: pooled(x, pool_k, pool_s, nhwc))
+    fake("pool_backward_nhwc", lambda grad, x, argmax, *params: torch.empty_like(x, memory_format=nhwc))
 
 
 def _cpu_model() -> str:
