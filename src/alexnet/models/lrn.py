@@ -129,6 +129,7 @@ def cpp_kernel_available() -> bool:
         )
         return False
     _register_fake_kernels()
+    _register_autograd()
     return True
 
 
@@ -153,6 +154,39 @@ def _register_fake_kernels() -> None:
     fake("pool_forward_nhwc",
          lambda x, size, alpha, beta, k, relu, pool_k, pool_s, groups: pooled(x, pool_k, pool_s, nhwc))
     fake("pool_backward_nhwc", lambda grad, x, argmax, *params: torch.empty_like(x, memory_format=nhwc))
+
+
+def _register_autograd() -> None:
+    """The operators' gradients, registered with torch.library (traceable by torch.compile and torch.export,
+    where an autograd.Function around the operators was not): the LRN's backward operator for `forward`, and
+    for the fused ReLU + LRN + max-pool the pooling's argmax (a uint8 output, never differentiated) routes the
+    gradient back through its backward operator."""
+    ops = torch.ops.alexnet_lrn
+
+    def setup_lrn(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[0])
+        ctx.params = inputs[1:]
+
+    def lrn_backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return ops.backward(grad, x, *ctx.params), *(None for _ in ctx.params)
+
+    def setup_pool(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[0], output[1])
+        ctx.params = inputs[1:]
+
+    def pool_backward(op):
+        def backward(ctx, grad, _argmax_grad):
+            x, argmax = ctx.saved_tensors
+            return op(grad, x, argmax, *ctx.params), *(None for _ in ctx.params)
+
+        return backward
+
+    torch.library.register_autograd("alexnet_lrn::forward", lrn_backward, setup_context=setup_lrn)
+    torch.library.register_autograd("alexnet_lrn::pool_forward", pool_backward(ops.pool_backward),
+                                    setup_context=setup_pool)
+    torch.library.register_autograd("alexnet_lrn::pool_forward_nhwc", pool_backward(ops.pool_backward_nhwc),
+                                    setup_context=setup_pool)
 
 
 def _cpu_model() -> str:
@@ -231,17 +265,12 @@ class _TorchLRN(torch.autograd.Function):
         return _math(lrn_formula_backward, x)(grad, x, *ctx.params), None, None, None, None, None
 
 
-class _CppLRN(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, size, alpha, beta, k, relu):
-        ctx.save_for_backward(x)
-        ctx.params = (size, alpha, beta, k, relu)
-        return torch.ops.alexnet_lrn.forward(x, size, alpha, beta, k, relu)
+class _CppLRN:
+    """The C++ operator (its gradient registered with torch.library: see `_register_autograd`)."""
 
     @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return torch.ops.alexnet_lrn.backward(grad, x, *ctx.params), None, None, None, None, None
+    def apply(x, size, alpha, beta, k, relu):
+        return torch.ops.alexnet_lrn.forward(x, size, alpha, beta, k, relu)
 
 
 def local_response_norm(x: torch.Tensor, size: int = PAPER_LRN.size, alpha: float = PAPER_LRN.multiplier,
@@ -286,30 +315,15 @@ def cuda_lrn_path() -> tuple[str, str]:
     return "compile", "the tensor formula fused by torch.compile (the default; ALEXNET_LRN_CUDA=triton for the kernels)"
 
 
-class _CppLRNPool(torch.autograd.Function):
-    """The fused kernel: `params` are the operators' arguments after the input (groups last, for the
-    channels-last pair, which normalises every tower in one call)."""
-
-    @staticmethod
-    def forward(ctx, x, channels_last, *params):
-        ops = torch.ops.alexnet_lrn
-        forward, ctx.backward_op = ((ops.pool_forward_nhwc, ops.pool_backward_nhwc) if channels_last
-                                    else (ops.pool_forward, ops.pool_backward))
-        y, argmax = forward(x, *params)
-        ctx.save_for_backward(x, argmax)
-        ctx.params = params
-        ctx.mark_non_differentiable(argmax)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, argmax = ctx.saved_tensors
-        return ctx.backward_op(grad, x, argmax, *ctx.params), None, *(None for _ in ctx.params)
-
-
 def is_channels_last(x: torch.Tensor) -> bool:
     """A 4-D tensor laid out (N, H, W, C) in memory, and not also plain contiguous (one pixel, one channel)."""
     return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+@torch.compiler.assume_constant_result
+def _kernel_ready() -> bool:
+    """`cpp_kernel_available()`, which torch.compile takes as a constant rather than tracing its build."""
+    return cpp_kernel_available()
 
 
 def _use_cpp(x: torch.Tensor, backend: str) -> bool:
@@ -320,7 +334,7 @@ def _use_cpp(x: torch.Tensor, backend: str) -> bool:
         and x.device.type == "cpu"
         and not torch.onnx.is_in_onnx_export()  # the exporter cannot translate the custom op
         and x.dtype in (torch.float32, torch.float64, torch.bfloat16)
-        and cpp_kernel_available()
+        and _kernel_ready()
     )
     if backend == "cpp" and not use:
         raise RuntimeError(f"the C++ LRN kernel cannot run on a {x.device.type} {x.dtype} tensor")
@@ -356,12 +370,13 @@ def lrn_max_pool(x: torch.Tensor, size: int = PAPER_LRN.size, alpha: float = PAP
     """
     _check_args(x, size, groups)
     if is_channels_last(x) and _use_cpp(x, backend):
-        return _CppLRNPool.apply(x, True, size, alpha, beta, k, relu, pool_kernel, pool_stride, groups)
+        return torch.ops.alexnet_lrn.pool_forward_nhwc(x, size, alpha, beta, k, relu, pool_kernel, pool_stride,
+                                                       groups)[0]
     if groups != 1:
         y = lrn_max_pool(_per_group(x, groups), size, alpha, beta, k, relu, pool_kernel, pool_stride, backend)
         return y.reshape(x.shape[0], x.shape[1], *y.shape[2:])
     if _use_cpp(x, backend):
-        return _CppLRNPool.apply(x, False, size, alpha, beta, k, relu, pool_kernel, pool_stride)
+        return torch.ops.alexnet_lrn.pool_forward(x, size, alpha, beta, k, relu, pool_kernel, pool_stride)[0]
     y = _function(x, backend).apply(x, size, alpha, beta, k, relu)
     return F.max_pool2d(y, pool_kernel, pool_stride)
 
