@@ -101,3 +101,48 @@ def test_export_command_writes_a_pretrained_folder(tmp_path, capsys):
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert torch.equal(alexnet.from_pretrained(tmp_path / "out").model(x), trained.model(x))
+
+
+def test_fit_from_python_writes_nothing_to_stdout_and_train_json_is_one_document(tmp_path, capsys):
+    from alexnet.config import save_config
+    from helpers_train import make_store, tiny_config
+
+    store = make_store(tmp_path, n_train=4, n_val=2, size=36)
+    config = tiny_config(store, "run.epochs=1")
+    summary = alexnet.fit(config, tmp_path / "run", progress=False)
+    assert summary["status"] == "finished"
+    assert capsys.readouterr().out == ""  # the epoch line went to the "alexnet" logger, which shows nothing here
+
+    save_config(config, tmp_path / "tiny.toml")
+    assert cli_main(["train", "--config", str(tmp_path / "tiny.toml"), "--run-dir", str(tmp_path / "cli"),
+                     "--no-progress", "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)  # one JSON document: nothing printed before or after it
+    assert result["status"] == "finished" and "epoch 1/1" in captured.err
+
+
+def test_without_the_plots_and_tensorboard_extras_training_goes_on_and_says_what_it_skipped(
+        tmp_path, monkeypatch, capsys, caplog):
+    from alexnet import rundir
+    from helpers_train import make_store, tiny_config
+
+    for module in ("matplotlib", "tensorboard", "torch.utils.tensorboard"):
+        monkeypatch.setitem(sys.modules, module, None)  # importing it raises ImportError, as when not installed
+    monkeypatch.setattr(rundir, "_SKIPPED", set())
+    store = make_store(tmp_path, n_train=4, n_val=2, size=36)
+    with caplog.at_level("WARNING", logger="alexnet"):
+        summary = alexnet.fit(tiny_config(store, "run.epochs=2"), tmp_path / "run", progress=False)
+    assert summary["status"] == "finished" and (tmp_path / "run" / "metrics.jsonl").is_file()
+    assert not (tmp_path / "run" / "curves.png").exists() and not (tmp_path / "run" / "tensorboard").exists()
+    skipped = [r.getMessage() for r in caplog.records if "is not installed" in r.getMessage()]
+    assert skipped == ["matplotlib is not installed: no curves.png in run folders (pip install 'alexnet[plots]')",
+                       "tensorboard is not installed: no TensorBoard event files in run folders "
+                       "(pip install 'alexnet[tensorboard]')"]  # once each, not once per epoch
+
+    # a command that needs the missing extra: one line naming it, and nothing written
+    assert cli_main(["kernels", str(tmp_path / "run" / "checkpoints" / "latest.pt"), "--out",
+                     str(tmp_path / "k.png")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["alexnet kernels: error: alexnet kernels needs the matplotlib package, which is not installed: "
+                   "pip install 'alexnet[plots]' (nothing was written)"]
+    assert not (tmp_path / "k.png").exists()

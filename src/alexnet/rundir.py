@@ -99,14 +99,34 @@ def plot_curves(metrics: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def optional(module: str, extra: str, skipped: str) -> bool:
+    """Whether optional `module` is installed; if not, log once what is skipped and which extra brings it."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+        return True
+    except ImportError:
+        pass
+    if (module, skipped) not in _SKIPPED:
+        _SKIPPED.add((module, skipped))
+        log.warning(f"{module} is not installed: {skipped} (pip install 'alexnet[{extra}]')")
+    return False
+
+
+_SKIPPED: set[tuple[str, str]] = set()
+
+
 class RunLogger:
-    """Rank 0's outputs of an epoch: metrics.jsonl, TensorBoard, the PNG and one printed line."""
+    """Rank 0's outputs of an epoch: metrics.jsonl, TensorBoard, the PNG and one logged line. Without the
+    optional packages (the `plots` and `tensorboard` extras) the PNG and the events are skipped, said once."""
 
     def __init__(self, paths: RunPaths, epochs_done: int, enabled: bool):
         self.paths = paths
         self.enabled = enabled
         self.writer = None
-        if enabled:
+        self.plots = enabled and optional("matplotlib", "plots", "no curves.png in run folders")
+        if enabled and optional("tensorboard", "tensorboard", "no TensorBoard event files in run folders"):
             from torch.utils.tensorboard import SummaryWriter  # heavy; only rank 0 writes events
 
             # purge_step drops events a killed run wrote after its checkpoint
@@ -117,11 +137,13 @@ class RunLogger:
             return
         write_metrics(self.paths.metrics, metrics)
         step = math.ceil(record["epoch"])
-        for key in ("train_loss", "train_error", "val_top1_error", "val_top5_error", "lr", "images_per_s"):
-            if record[key] is not None:
-                self.writer.add_scalar(key, record[key], step)
-        self.writer.flush()
-        plot_curves(metrics, self.paths.plot)
+        if self.writer is not None:
+            for key in ("train_loss", "train_error", "val_top1_error", "val_top5_error", "lr", "images_per_s"):
+                if record[key] is not None:
+                    self.writer.add_scalar(key, record[key], step)
+            self.writer.flush()
+        if self.plots:
+            plot_curves(metrics, self.paths.plot)
         val = (f"val top-1 {100 * record['val_top1_error']:.2f}% top-5 {100 * record['val_top5_error']:.2f}%"
                if record["val_top1_error"] is not None else "not validated")
         log.info(

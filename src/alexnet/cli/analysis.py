@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from alexnet.cli.common import Parents, add_command, options, print_result
+from alexnet.errors import require
 
 
 def _feature_options(shared: Parents) -> argparse.ArgumentParser:
@@ -27,6 +28,7 @@ def _kernels(args: argparse.Namespace) -> int:
 
     example: alexnet kernels runs/demo-TIME/checkpoints/best.pt --out kernels.png
     """
+    require("matplotlib", "plots", "alexnet kernels")
     from alexnet.analysis.kernels import write_kernels
 
     info = write_kernels(args.checkpoint, args.out)
@@ -80,6 +82,7 @@ def _retrieve(args: argparse.Namespace) -> int:
 
     example: alexnet retrieve runs/demo-TIME/checkpoints/best.pt --data imagenette --query 12 --query photo.jpg
     """
+    require("matplotlib", "plots", "alexnet retrieve")
     from alexnet.analysis import retrieval
 
     if args.eval:
@@ -111,6 +114,7 @@ def _codes(args: argparse.Namespace) -> int:
 
     example: alexnet codes train runs/demo-TIME/checkpoints/best.pt --data imagenette && alexnet codes eval ...
     """
+    require("matplotlib", "plots", "alexnet codes")
     from alexnet.analysis import codes
 
     run = codes.train_codes if args.action == "train" else codes.evaluate_codes
@@ -139,6 +143,7 @@ def _report(args: argparse.Namespace) -> int:
 
     example: alexnet report runs/demo-TIME --open
     """
+    require("matplotlib", "plots", "alexnet report")
     from alexnet.analysis.report import open_report, write_report
 
     path = write_report(args.run_dir, args.out)

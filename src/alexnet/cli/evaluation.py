@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from alexnet.cli.common import Parents, add_command, options, print_result
+from alexnet.errors import require
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -53,6 +54,8 @@ def _predict(args: argparse.Namespace) -> int:
     """
     from alexnet.evaluate import format_predictions, predict_files
 
+    if args.figure:
+        require("matplotlib", "plots", "alexnet predict --figure")
     checkpoints = [args.checkpoint, *args.ensemble]
     results = predict_files(checkpoints, args.images, ten_crop=args.ten_crop, top=args.top, device=args.device)
     human = format_predictions(results)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from alexnet.cli.common import Parents, add_command, options, print_result
+from alexnet.errors import require
 
 
 def _benchmark(args: argparse.Namespace) -> int:
@@ -63,6 +64,7 @@ def _experiment(args: argparse.Namespace) -> int:
         path = write_table(args.out)
         print_result({"path": str(path)}, args.json, str(path))
         return 0
+    require("matplotlib", "plots", "alexnet experiment (its plots)")
     overrides = [*args.set, *([f"data.store={args.data}"] if args.data else [])]
     stream = sys.stderr if args.json else sys.stdout
 

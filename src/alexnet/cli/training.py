@@ -9,6 +9,7 @@ from pathlib import Path
 
 from alexnet.cli.common import Parents, add_command, options, print_result
 from alexnet.config import Config, list_presets, load_config, parse_override
+from alexnet.errors import require
 from alexnet.rundir import RunPaths
 
 
@@ -124,6 +125,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     example: alexnet demo --minutes 15
     """
+    require("matplotlib", "plots", "alexnet demo (its figures and report)")
     from alexnet.demo import run_demo
 
     return run_demo(run_dir=args.run_dir, minutes=args.minutes, as_json=args.json)
