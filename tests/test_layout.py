@@ -1,4 +1,4 @@
-"""The README's Layout: each module imports (at the top of the file) only modules of rows above its own."""
+"""docs/layout.md: each module imports (at the top of the file) only modules of rows above its own."""
 
 import ast
 import re
@@ -10,7 +10,7 @@ SRC = ROOT / "src" / "alexnet"
 
 def _rows(text: str) -> list[list[str]]:
     """The Layout block's rows as lists of module paths ('data/loader.py', 'models/' for a folder)."""
-    block = text.split("## Layout", 1)[1].split("```", 2)[1]
+    block = text.split("# Layout", 1)[1].split("```", 2)[1]
     rows: list[list[str]] = []
     for line in block.splitlines()[2:]:
         if not line.startswith("  ") or line.startswith("   "):
@@ -34,7 +34,7 @@ def _row_of(module: Path, rows: list[list[str]]) -> int:
     if exact:
         return exact[0]
     folder = [i for i, row in enumerate(rows) if any(n.endswith("/") and rel.startswith(n) for n in row)]
-    assert folder, f"{rel} is in no row of the README's Layout"
+    assert folder, f"{rel} is in no row of docs/layout.md"
     return folder[0]
 
 
@@ -61,7 +61,7 @@ def _upward_violations(rows: list[list[str]]) -> list[str]:
 
 
 def test_every_module_is_in_the_layout_and_imports_only_upward():
-    rows = _rows((ROOT / "README.md").read_text())
+    rows = _rows((ROOT / "docs" / "layout.md").read_text())
     assert not _upward_violations(rows), "\n".join(_upward_violations(rows))
     # the check can fail: the config's row moved to the bottom is imported from above
     config_row = next(row for row in rows if "config.py" in row)
