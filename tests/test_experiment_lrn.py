@@ -208,3 +208,15 @@ def test_cifar10_store_holds_out_the_last_training_images_of_each_class(tmp_path
     assert sorted(np.unique(st.labels("val"))) == list(range(10))
     assert not path.with_name(path.name + ".source").exists()  # the extracted subset is gone
     assert cifar10_store(4, 2, log=lambda *_: None, held_out_per_class=1) == path  # prepared once
+
+
+def test_lrn_verdict_reads_the_sign_and_the_interval():
+    from alexnet.experiments.lrn_cifar import lrn_verdict
+
+    full, reduced = {"reduced": False}, {"reduced": True}
+    assert lrn_verdict({"interval": [-0.03, -0.01]}, full) == "reproduced"  # the paper's -2 points inside
+    assert lrn_verdict({"interval": [-0.03, -0.01]}, reduced) == "direction only"  # size not comparable
+    assert lrn_verdict({"interval": [-0.05, -0.03]}, full) == "direction only"
+    assert lrn_verdict({"interval": [-0.01, 0.01]}, full) == "not at this budget"
+    assert lrn_verdict({"interval": [0.01, 0.02]}, full) == "opposite sign"
+    assert lrn_verdict({"interval": None}, full).startswith("not testable")
