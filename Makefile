@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 CHROMIUM := $(VENV)/.chromium
 export ALEXNET_DATA ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),$(HOME)/.cache/alexnet)
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint docs bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -44,6 +44,8 @@ demo: $(STAMP)
 
 test: $(STAMP) $(CHROMIUM)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+	$(MAKE) docs
 	$(BIN)/python -m pytest -q
 
 # Everything not marked slow (the end-to-end runs, subprocess kills, disk-full children): under a minute.
@@ -53,6 +55,13 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+# The documentation site into site/, in strict mode (a warning fails it): the experiments' figures are copied
+# in first (docs/results is generated, not committed).
+docs: $(STAMP)
+	rm -rf docs/results && cp -r experiments/results docs/results
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 # Ours vs torchvision's in one run on this machine (about 5 minutes on 2 cores); JSON into benchmarks/results.
 bench: $(STAMP)
@@ -61,4 +70,4 @@ bench: $(STAMP)
 	@echo "wrote benchmarks/results/local/benchmark.json"
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info
+	rm -rf $(VENV) build src/*.egg-info site docs/results

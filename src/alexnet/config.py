@@ -14,7 +14,7 @@ import os
 import tomllib
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -254,7 +254,15 @@ class Config:
         return dataclasses.replace(self, model=dataclasses.replace(self.model, num_classes=num_classes))
 
 
-SECTIONS: dict[str, type] = {f.name: f.default_factory().__class__ for f in dataclasses.fields(Config)}
+def _section_class(f: dataclasses.Field[typing.Any]) -> type:
+    """The class of one of Config's sections: each field is built by its default factory."""
+    if f.default_factory is dataclasses.MISSING:
+        raise TypeError(f"Config.{f.name} has no default factory")
+    cls: type = f.default_factory().__class__
+    return cls
+
+
+SECTIONS: dict[str, type] = {f.name: _section_class(f) for f in dataclasses.fields(Config)}
 
 
 def _coerce(where: str, value: object, annotation: typing.Any) -> object:
@@ -269,14 +277,14 @@ def _coerce(where: str, value: object, annotation: typing.Any) -> object:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif annotation is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
-        value = float(value) if ok else value
+        value = float(value) if ok and isinstance(value, int | float) else value
     elif annotation is str:
         ok = isinstance(value, str)
     elif typing.get_origin(annotation) is tuple:
         ok = isinstance(value, list | tuple) and all(
             isinstance(v, int) and not isinstance(v, bool) for v in value
         )
-        value = tuple(value) if ok else value
+        value = tuple(value) if ok and isinstance(value, list | tuple) else value
     else:  # a field type this module does not know how to read is a bug here, not in the user's file
         raise TypeError(f"{where}: unsupported field type {annotation!r}")
     if not ok:
@@ -289,16 +297,16 @@ def _valid_keys(section: str) -> str:
     return ", ".join(f.name for f in dataclasses.fields(SECTIONS[section]))
 
 
-def config_from_dict(data: dict, source: str = "config") -> Config:
+def config_from_dict(data: Mapping[str, typing.Any], source: str = "config") -> Config:
     """Build a Config from nested dicts ({section: {key: value}}), checking every key and type."""
-    sections = {}
+    sections: dict[str, typing.Any] = {}  # section name -> an instance of its dataclass
     for section, values in data.items():
         if section not in SECTIONS:
             raise ValueError(f"{source}: unknown section [{section}]; valid sections: {', '.join(SECTIONS)}")
         if not isinstance(values, dict):
             raise ValueError(f"{source}: [{section}] must be a table of keys, got {values!r}")
         field_types = typing.get_type_hints(SECTIONS[section])
-        kwargs = {}
+        kwargs: dict[str, object] = {}
         for key, value in values.items():
             if key not in field_types:
                 raise ValueError(
@@ -310,7 +318,7 @@ def config_from_dict(data: dict, source: str = "config") -> Config:
     return Config(**sections)
 
 
-def config_to_dict(config: Config) -> dict:
+def config_to_dict(config: Config) -> dict[str, dict[str, typing.Any]]:
     """The config as nested plain dicts (tuples become lists), for TOML, JSON and checkpoints."""
     return {
         section: {
@@ -346,7 +354,7 @@ def parse_override(item: str) -> tuple[str, str, object]:
     return section, key, value
 
 
-def resolve_preset(name_or_path: str | os.PathLike) -> Path:
+def resolve_preset(name_or_path: str | os.PathLike[str]) -> Path:
     """A preset name (`paper`, `demo`, `cifar10`) or a path to a TOML file."""
     path = Path(name_or_path)
     if path.suffix != ".toml" and (PRESET_DIR / f"{path.name}.toml").is_file() and not path.exists():
@@ -363,9 +371,9 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
+def load_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()) -> Config:
     """Read a preset or TOML file (None: the paper's defaults), then apply `section.key=value` overrides."""
-    data: dict = {}
+    data: dict[str, typing.Any] = {}
     source = "defaults"
     if path is not None:
         resolved = resolve_preset(path)
@@ -391,7 +399,7 @@ def to_toml(config: Config) -> str:
     return tomli_w.dumps(tables)
 
 
-def save_config(config: Config, path: str | os.PathLike) -> None:
+def save_config(config: Config, path: str | os.PathLike[str]) -> None:
     """Write `config` as TOML atomically: a crash leaves the old file or the new one, never a mixture."""
     text = to_toml(config)
     atomic_write(path, lambda f: f.write(text.encode()))

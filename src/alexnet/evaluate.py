@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 import torch
 
@@ -24,9 +26,18 @@ from alexnet.models.build import TrainedNetwork, load_trained
 from alexnet.paths import resolve_store
 
 
+class SizedBatches(Protocol):
+    """What `ensemble_probs` reads: (uint8 images, labels) batches that know how many they are
+    (`alexnet.data.loader.EvalBatches`, or a list of tuples)."""
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def __len__(self) -> int: ...
+
+
 def ensemble_probs(
-    models: list[TrainedNetwork],
-    batches,
+    models: Sequence[TrainedNetwork],
+    batches: SizedBatches,
     device: torch.device,
     ten_crop: bool = False,
     precision: str = "fp32",
@@ -46,10 +57,12 @@ def ensemble_probs(
         these = torch.cat([y for _, y in outputs]) if outputs else torch.zeros(0, dtype=torch.int64)
         total = probs if total is None else total + probs
         labels = these
+    if total is None or labels is None:  # no models: nothing to average
+        raise ValueError("ensemble_probs needs at least one network")
     return total / len(models), labels
 
 
-def _check_compatible(models: list[TrainedNetwork], store: Store) -> None:
+def _check_compatible(models: Sequence[TrainedNetwork], store: Store) -> None:
     for loaded in models:
         if loaded.classes != list(store.classes):
             raise ValueError(
@@ -64,17 +77,17 @@ def _check_compatible(models: list[TrainedNetwork], store: Store) -> None:
 
 
 def evaluate_checkpoints(
-    checkpoints: list[str | os.PathLike],
-    store: str | os.PathLike,
+    checkpoints: Sequence[str | os.PathLike[str]],
+    store: str | os.PathLike[str],
     split: str | None = None,
     ten_crop: bool = False,
     batch_size: int = 128,
     precision: str = "fp32",
     device: str = "auto",
-    per_class_csv: str | os.PathLike | None = None,
+    per_class_csv: str | os.PathLike[str] | None = None,
     in_memory: bool = False,
     progress: bool = True,
-) -> dict:
+) -> dict[str, Any]:
     """Top-1 and top-5 error of one checkpoint or the ensemble of several on a store's split.
 
     Returns a dict: checkpoints, split, images, ten_crop, top1_error, top5_error, per_class (list of
@@ -134,27 +147,28 @@ def evaluate_checkpoints(
 
 
 def predict_files(
-    checkpoints: list[str | os.PathLike],
-    images: list[str | os.PathLike],
+    checkpoints: list[str | os.PathLike[str]],
+    images: Sequence[str | os.PathLike[str]],
     ten_crop: bool = False,
     top: int = 5,
     device: str = "auto",
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """The `top` most probable classes, with names and probabilities, for each image file (Figure 4 left).
 
     Several checkpoints average their softmax outputs. Returns one dict per image:
     {"image": path, "predictions": [{"class": id, "name": name, "probability": p}, ...]}.
     """
-    return predict_images(checkpoints, images, ten_crop=ten_crop, top=top, device=device)
+    networks: list[TrainedNetwork | str | os.PathLike[str]] = list(checkpoints)  # (list is invariant)
+    return predict_images(networks, images, ten_crop=ten_crop, top=top, device=device)
 
 
 def predict_images(
-    networks: TrainedNetwork | str | os.PathLike | list[TrainedNetwork | str | os.PathLike],
-    images: list[str | os.PathLike],
+    networks: TrainedNetwork | str | os.PathLike[str] | list[TrainedNetwork | str | os.PathLike[str]],
+    images: Sequence[str | os.PathLike[str]],
     ten_crop: bool = False,
     top: int = 5,
     device: str = "auto",
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """`predict_files` for networks in memory (`alexnet.from_pretrained`) or paths to them, one or several
     (an ensemble averages their softmax outputs); each network is moved to `device`."""
     dev = resolve_device(device)
@@ -175,7 +189,7 @@ def predict_images(
             for path, p in zip(images, probs, strict=True)]
 
 
-def top_classes(probs: torch.Tensor, trained: TrainedNetwork, top: int = 5) -> list[dict]:
+def top_classes(probs: torch.Tensor, trained: TrainedNetwork, top: int = 5) -> list[dict[str, Any]]:
     """The `top` most probable of one image's class probabilities (C,), most probable first:
     [{"class": id, "name": name, "probability": p}, ...]."""
     values, indices = probs.topk(min(top, len(probs)))
@@ -183,7 +197,7 @@ def top_classes(probs: torch.Tensor, trained: TrainedNetwork, top: int = 5) -> l
             for v, i in zip(values.tolist(), indices.tolist(), strict=True)]
 
 
-def format_predictions(results: list[dict]) -> str:
+def format_predictions(results: Sequence[Mapping[str, Any]]) -> str:
     lines = []
     for r in results:
         lines.append(r["image"])
@@ -193,7 +207,7 @@ def format_predictions(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def format_evaluation(result: dict) -> str:
+def format_evaluation(result: Mapping[str, Any]) -> str:
     crops = "ten crops" if result["ten_crop"] else "centre crop"
     n = len(result["checkpoints"])
     who = result["checkpoints"][0] if n == 1 else f"ensemble of {n} checkpoints"

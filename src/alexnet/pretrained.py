@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,10 +33,10 @@ WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
 MEAN_KEY = "input_mean"
 
 
-def save_pretrained(source: TrainedNetwork | str | os.PathLike, directory: str | os.PathLike) -> Path:
+def save_pretrained(source: TrainedNetwork | str | os.PathLike[str], directory: str | os.PathLike[str]) -> Path:
     """Write a trained network (or the network of a checkpoint or weights file) as DIR/{model.safetensors,
     config.json, README.md}; returns DIR. Each file is written atomically; the folder may exist."""
-    metrics: list[dict] = []
+    metrics: list[dict[str, Any]] = []
     if not isinstance(source, TrainedNetwork):
         path = Path(source)
         if path.suffix == ".pt":
@@ -82,7 +83,7 @@ def describe(trained: TrainedNetwork) -> dict[str, Any]:
     }
 
 
-def model_card(trained: TrainedNetwork, metrics: list[dict]) -> str:
+def model_card(trained: TrainedNetwork, metrics: Sequence[Mapping[str, Any]]) -> str:
     c = trained.config
     lines = [
         f"# {c.model.name}: a network trained with alexnet",
@@ -120,7 +121,7 @@ def model_card(trained: TrainedNetwork, metrics: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def from_pretrained(path: str | os.PathLike, device: torch.device | str = "cpu") -> TrainedNetwork:
+def from_pretrained(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> TrainedNetwork:
     """The network of a pretrained folder (`save_pretrained`), a training checkpoint (.pt) or an exported or
     imported weights file (.safetensors with its mean image beside it), in evaluation mode on `device`."""
     path = Path(path)

@@ -17,11 +17,12 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import islice
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -93,20 +94,20 @@ class Position:
     batch: int = 0  # the next batch of that epoch
     step: int = 0  # optimizer steps done
     best: float = math.inf  # lowest validation top-1 error so far
-    metrics: list[dict] = field(default_factory=list)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
     stats: EpochStats = field(default_factory=EpochStats)
-    plan: dict | None = None  # a budgeted run's plan, once made (see _plan_budget)
+    plan: dict[str, Any] | None = None  # a budgeted run's plan, once made (see _plan_budget)
 
 
 def fit(
     config: Config,
-    run_dir: str | os.PathLike,
+    run_dir: str | os.PathLike[str],
     resume: bool = False,
-    pretrained: str | os.PathLike | None = None,
+    pretrained: str | os.PathLike[str] | None = None,
     progress: bool = True,
     clock: Callable[[], float] = time.monotonic,
     until_epoch: int | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Train `config` in `run_dir`; under torchrun, data-parallel over its processes.
 
     Args:
@@ -133,8 +134,8 @@ def fit(
         shutdown_distributed(process)
 
 
-def _fit(config: Config, paths: RunPaths, resume: bool, pretrained, progress: bool, process: DistInfo, clock,
-         until_epoch: int | None = None) -> dict:
+def _fit(config: Config, paths: RunPaths, resume: bool, pretrained: str | os.PathLike[str] | None, progress: bool,
+         process: DistInfo, clock: Callable[[], float], until_epoch: int | None = None) -> dict[str, Any]:
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     store = Store.open(resolve_store(config.data.store))
@@ -143,6 +144,8 @@ def _fit(config: Config, paths: RunPaths, resume: bool, pretrained, progress: bo
         layout = channels_last_by_default(process.device, config.run.precision)
         config = replace(config, run=replace(config.run, channels_last=layout))
     state, config = _resume_state(paths, config, resume, process)
+    channels_last = config.run.channels_last
+    assert channels_last is not None, "resolved above; a resumed run does not take it from its checkpoint"
     run = _build(config, process, store, state, pretrained)
     pos = _position(state, process, paths)
     now = clock()
@@ -153,10 +156,11 @@ def _fit(config: Config, paths: RunPaths, resume: bool, pretrained, progress: bo
         remove_temporaries(paths.root)  # left by a process killed mid-write
         save_config(config, paths.config)
         write_json(paths.environment, environment(config.run.device))
-    forward = torch.compile(run.model) if config.run.compile else run.model
-    eval_model = torch.compile(run.unwrapped) if config.run.compile else run.unwrapped
+    # torch.compile of a Module returns an OptimizedModule, a Module (its annotation says only Callable)
+    forward = cast(nn.Module, torch.compile(run.model)) if config.run.compile else run.model
+    eval_model = cast(nn.Module, torch.compile(run.unwrapped)) if config.run.compile else run.unwrapped
     autocast = autocast_context(process.device, config.run.precision)
-    train_step = TrainStep(forward, run.optimizer, run.schedule.lr, autocast, config.run.channels_last,
+    train_step = TrainStep(forward, run.optimizer, run.schedule.lr, autocast, channels_last,
                            config.optim.label_smoothing)
     with control.stopper.installed(), RunLogger(paths, pos.epoch, process.is_main) as logger:
         last = min(config.run.epochs, until_epoch) if until_epoch is not None else config.run.epochs
@@ -171,7 +175,7 @@ def _fit(config: Config, paths: RunPaths, resume: bool, pretrained, progress: bo
             counts = None
             if _validation_due(config.run, pos.epoch, control.stopping, last):
                 counts = evaluate(eval_model, run.eval_batches, run.augmenter.center, store.num_classes,
-                                  autocast=autocast, channels_last=config.run.channels_last,
+                                  autocast=autocast, channels_last=channels_last,
                                   progress=progress and process.is_main, total=len(run.eval_batches))
             record, is_best = end_epoch(run, pos, counts, control.elapsed(), cut_short=control.stopping)
             every = config.run.checkpoint_every_epochs
@@ -235,8 +239,10 @@ def time_validation(run: Run, clock: Callable[[], float], batches: int = 2) -> f
     overstate every later pass and keep too much of a budget for them."""
     start, t0, timed = clock(), None, 0
     autocast = autocast_context(run.process.device, run.config.run.precision)
+    channels_last = run.config.run.channels_last
+    assert channels_last is not None, "a Run's config is resolved (_fit sets run.channels_last)"
     for _ in islice(predict(run.unwrapped, run.eval_batches, run.augmenter.center, autocast=autocast,
-                            channels_last=run.config.run.channels_last), batches + 1):
+                            channels_last=channels_last), batches + 1):
         if t0 is None:
             t0 = clock()  # the first batch is done
         else:
@@ -244,6 +250,7 @@ def time_validation(run: Run, clock: Callable[[], float], batches: int = 2) -> f
     run.unwrapped.train()
     if not timed:  # a validation set of one batch: that batch is the whole pass
         return (t0 if t0 is not None else start) - start
+    assert t0 is not None  # set by the first batch, before any was timed
     return (clock() - t0) / timed * len(run.eval_batches)
 
 
@@ -268,6 +275,7 @@ def _resume_state(paths: RunPaths, config: Config, resume: bool,
         )
     if not state.resumable:
         raise ValueError(f"{paths.latest} holds no optimizer or random state, so it cannot be resumed")
+    assert state.rng is not None  # resumable: the random states are there
     if len(state.rng) != process.world_size:
         raise ValueError(
             f"{paths.latest} was written by {len(state.rng)} processes; resume with the same number "
@@ -276,16 +284,20 @@ def _resume_state(paths: RunPaths, config: Config, resume: bool,
     return state, config
 
 
-def _build(config: Config, process: DistInfo, store: Store, state: TrainingState | None, pretrained) -> Run:
+def _build(config: Config, process: DistInfo, store: Store, state: TrainingState | None,
+           pretrained: str | os.PathLike[str] | None) -> Run:
     torch.manual_seed(config.run.seed + process.rank)  # dropout masks differ between data-parallel processes
     data = config.data
-    common = dict(rank=process.rank, world_size=process.world_size, device=process.device, workers=data.workers)
+    common: dict[str, Any] = dict(rank=process.rank, world_size=process.world_size, device=process.device,
+                                  workers=data.workers)
     train_batches = TrainBatches.from_store(
-        store, in_memory=data.in_memory, batch_size=_per_process_batch(config, process.world_size),
+        store,
+        in_memory=data.in_memory, batch_size=_per_process_batch(config, process.world_size),
         seed=config.run.seed, **common,
     )
     eval_batches = EvalBatches.from_store(
-        store, in_memory=data.in_memory, batch_size=data.eval_batch_size, **common
+        store,
+        in_memory=data.in_memory, batch_size=data.eval_batch_size, **common,
     )
     augmenter = Augmenter(data, store.mean, store.eigvals, store.eigvecs, process.device)
     model = build_model(config.model)
@@ -313,6 +325,7 @@ def _build(config: Config, process: DistInfo, store: Store, state: TrainingState
 def _position(state: TrainingState | None, process: DistInfo, paths: RunPaths) -> Position:
     if state is None:
         return Position()
+    assert state.rng is not None, "_resume_state returns only resumable states"
     set_rng_state(state.rng[process.rank])
     if process.is_main:
         log.info(f"resuming from {paths.latest}: epoch {state.epoch + 1}, batch {state.batch}, step {state.step}")
@@ -333,7 +346,9 @@ def _per_process_batch(config: Config, world_size: int) -> int:
     return b // world_size
 
 
-def end_epoch(run: Run, pos: Position, counts: Counts | None, wall: float, cut_short: bool) -> tuple[dict, bool]:
+def end_epoch(
+    run: Run, pos: Position, counts: Counts | None, wall: float, cut_short: bool
+) -> tuple[dict[str, Any], bool]:
     """Record the epoch's metrics (validation ones None when `counts` is None: not validated); a whole epoch
     also steps the schedule (on the validation error) and moves the position to the next epoch.
     Returns (the record, whether it is the best so far)."""
@@ -350,7 +365,7 @@ def end_epoch(run: Run, pos: Position, counts: Counts | None, wall: float, cut_s
     return record, is_best
 
 
-def _epoch_record(run: Run, pos: Position, counts: Counts | None, wall: float) -> dict:
+def _epoch_record(run: Run, pos: Position, counts: Counts | None, wall: float) -> dict[str, Any]:
     stats = pos.stats
     sums = all_reduce_sum(torch.tensor([stats.loss_sum, stats.errors, stats.images], dtype=torch.float64))
     loss_sum, errors, images = sums.tolist()
@@ -397,7 +412,7 @@ def _save(run: Run, pos: Position, control: StopRules, paths: RunPaths, latest: 
     control.last_save = control.clock()
 
 
-def _summary(control: StopRules, pos: Position, paths: RunPaths) -> dict:
+def _summary(control: StopRules, pos: Position, paths: RunPaths) -> dict[str, Any]:
     return {
         "status": control.status,
         "signal": control.stopper.signum,
@@ -415,12 +430,12 @@ def _summary(control: StopRules, pos: Position, paths: RunPaths) -> dict:
 
 def finetune(
     config: Config,
-    run_dir: str | os.PathLike,
-    checkpoint: str | os.PathLike,
+    run_dir: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str],
     resume: bool = False,
     progress: bool = True,
-    model_overrides: dict | None = None,
-) -> dict:
+    model_overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Fine-tune: start from `checkpoint`'s weights (trained on one label set), with a fresh classifier
     sized for `config`'s store, and train every layer on it (the paper's "CNN*" rows, Section 6).
     The network is the checkpoint's (see `finetune_config`)."""

@@ -40,9 +40,14 @@ from alexnet.threads import one_intraop_thread
 
 
 class _Store(Protocol):
-    encoding: str
-    train_split: str
-    eval_split: str
+    @property
+    def encoding(self) -> str: ...
+
+    @property
+    def train_split(self) -> str: ...
+
+    @property
+    def eval_split(self) -> str: ...
 
     def images(self, split: str) -> Any: ...
 

@@ -23,8 +23,10 @@ import sys
 import time
 import warnings
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from multiprocessing.pool import AsyncResult
 from pathlib import Path
+from typing import Any, Protocol, TextIO
 
 import numpy as np
 import torch
@@ -32,8 +34,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from alexnet.data import labels as labels_mod
-from alexnet.data.decode import DEFAULT_MAX_PIXELS, decode_rgb, resize_center_crop
-from alexnet.data.sources import Entry, Source, open_source
+from alexnet.data.containers import Entry
+from alexnet.data.decode import DEFAULT_MAX_PIXELS, Payload, decode_rgb, resize_center_crop
+from alexnet.data.sources import Source, open_source
 from alexnet.data.store import (
     ENCODINGS,
     SPLIT_ORDER,
@@ -51,6 +54,15 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SHARD_SIZE = 1024
 
+# A shard of the plan: (split, index in the split, its entries).
+_Shard = tuple[str, int, list[Entry]]
+# (name, label index, payload or the error reading it) of each image of a shard, in order.
+_ShardItem = tuple[str, int, Payload | Exception]
+# What a worker gets: (out, split, index, items, size, encoding, max_pixels, whether to sum the statistics).
+_ShardTask = tuple[Path, str, int, list[_ShardItem], int, str, int, bool]
+# What it returns: (split, index, images kept, [(name, reason)] of those skipped).
+_ShardResult = tuple[str, int, int, list[tuple[str, str]]]
+
 
 def _init_worker(max_pixels: int) -> None:
     torch.set_num_threads(1)
@@ -63,11 +75,13 @@ def _work_path(out: Path, split: str, index: int) -> Path:
     return out / ".work" / f"{split}-{index:05d}.npz"
 
 
-def _process_shard(task: tuple) -> tuple[str, int, int, list[tuple[str, str]]]:
+def _process_shard(task: _ShardTask) -> _ShardResult:
     """Decode one shard, write it, then record its statistics; returns (split, index, kept, skipped)."""
     out, split, index, items, size, encoding, max_pixels, with_stats = task
     images = np.empty((len(items), 3, size, size), dtype=np.uint8)
-    kept_labels, kept_names, skipped = [], [], []
+    kept_labels: list[int] = []
+    kept_names: list[str] = []
+    skipped: list[tuple[str, str]] = []
     for name, label, payload in items:
         try:
             if isinstance(payload, Exception):
@@ -89,7 +103,7 @@ def _process_shard(task: tuple) -> tuple[str, int, int, list[tuple[str, str]]]:
             sum_image += image
             sum_x += x.sum(axis=1)
             sum_xx += x @ x.T
-    record = {
+    record: dict[str, Any] = {  # arrays; Any, as mypy matches a ** dict against savez's allow_pickle: bool too
         "labels": np.asarray(kept_labels, dtype=np.int64),
         "names": np.asarray(json.dumps(kept_names, ensure_ascii=False)),
         "skipped": np.asarray(json.dumps(skipped, ensure_ascii=False)),
@@ -101,8 +115,8 @@ def _process_shard(task: tuple) -> tuple[str, int, int, list[tuple[str, str]]]:
     return split, index, len(kept_names), skipped
 
 
-def _plan(source: Source, shard_size: int) -> list[tuple[str, int, list[Entry]]]:
-    shards = []
+def _plan(source: Source, shard_size: int) -> list[_Shard]:
+    shards: list[_Shard] = []
     for split in source.splits:
         entries = [e for e in source.entries if e.split == split]
         for i in range(math.ceil(len(entries) / shard_size)):
@@ -115,7 +129,7 @@ def _stats_split(source: Source) -> str:
     return "train" if "train" in source.splits else source.splits[0]
 
 
-def _check_resumable(out: Path, params: dict) -> None:
+def _check_resumable(out: Path, params: Mapping[str, Any]) -> None:
     """Refuse to mix a half-finished store made with other settings; record ours for the next run."""
     params_path = out / ".work" / "params.json"
     if params_path.is_file():
@@ -131,7 +145,7 @@ def _check_resumable(out: Path, params: dict) -> None:
     write_json(params_path, params)
 
 
-def _summary_from_store(out: Path, wall_s: float, prepared: int) -> dict:
+def _summary_from_store(out: Path, wall_s: float, prepared: int) -> dict[str, Any]:
     meta = json.loads((out / "meta.json").read_text())
     report = json.loads((out / "report.json").read_text())
     splits = {
@@ -155,9 +169,9 @@ def _summary_from_store(out: Path, wall_s: float, prepared: int) -> dict:
     }
 
 
-def _finish(out: Path, source: Source, plan: Sequence, size: int, encoding: str, classes: list[str]) -> None:
+def _finish(out: Path, source: Source, plan: Sequence[_Shard], size: int, encoding: str, classes: list[str]) -> None:
     """Merge the shard records into labels, files, mean, PCA, report; then meta.json last."""
-    splits_meta: dict[str, dict] = {}
+    splits_meta: dict[str, dict[str, Any]] = {}
     skipped = [{"split": None, "file": name, "reason": reason} for name, reason in source.problems]
     stats_split = _stats_split(source)
     sum_image = np.zeros((3, size, size), dtype=np.float64)
@@ -219,12 +233,18 @@ def skip_kind(reason: str) -> str:
     return reason.split(":", 1)[0].strip()
 
 
-def group_skips(skipped: Sequence[dict]) -> dict[str, list[str]]:
+def group_skips(skipped: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
     """{kind of reason: [files]} in order of first appearance, so a thousand side files read as one line."""
     groups: dict[str, list[str]] = {}
     for s in skipped:
         groups.setdefault(skip_kind(s["reason"]), []).append(s["file"])
     return groups
+
+
+class _Write(Protocol):
+    """`print`, or `tqdm.write` while a bar is shown."""
+
+    def __call__(self, s: str, /, *, file: TextIO) -> object: ...
 
 
 class SkipLog:
@@ -234,9 +254,9 @@ class SkipLog:
     SHOWN = 3
 
     def __init__(self) -> None:
-        self.seen: Counter = Counter()
+        self.seen: Counter[str] = Counter()
 
-    def report(self, name: str, reason: str, write) -> None:
+    def report(self, name: str, reason: str, write: _Write) -> None:
         kind = skip_kind(reason)
         self.seen[kind] += 1
         if self.seen[kind] <= self.SHOWN:
@@ -246,8 +266,8 @@ class SkipLog:
 
 
 def prepare_store(
-    source: str | os.PathLike,
-    out: str | os.PathLike,
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str],
     *,
     size: int = 256,
     workers: int | None = None,
@@ -255,7 +275,7 @@ def prepare_store(
     max_pixels: int | None = None,
     progress: bool = True,
     shard_size: int = DEFAULT_SHARD_SIZE,
-) -> dict:
+) -> dict[str, Any]:
     """Decode `source` into a store at `out` (see `alexnet.data.store`); resumes an interrupted run.
 
     Args:
@@ -315,7 +335,7 @@ def prepare_store(
     return _summary_from_store(out, time.perf_counter() - start, total - done_before)
 
 
-def _check_same_store(out: Path, meta: dict, params: dict) -> None:
+def _check_same_store(out: Path, meta: Mapping[str, Any], params: Mapping[str, Any]) -> None:
     """A finished store at `out` is reused only when it holds the same source at the same size and encoding."""
     wanted = (params["source"], params["size"], params["encoding"])
     if (meta.get("source"), meta.get("size"), meta.get("encoding")) != wanted:
@@ -325,7 +345,8 @@ def _check_same_store(out: Path, meta: dict, params: dict) -> None:
         )
 
 
-def _decode_shards(out: Path, src: Source, todo: list, params: dict, workers: int, log: SkipLog, bar: tqdm) -> None:
+def _decode_shards(out: Path, src: Source, todo: Sequence[_Shard], params: Mapping[str, Any], workers: int,
+                   log: SkipLog, bar: tqdm) -> None:
     """Read the entries of the shards still to do in the source's own order, and hand each shard to a worker
     process as soon as all its images are read (compressed archives can only be read front to back)."""
     size, encoding, max_pixels = params["size"], params["encoding"], params["max_pixels"]
@@ -333,10 +354,10 @@ def _decode_shards(out: Path, src: Source, todo: list, params: dict, workers: in
     stats_split = _stats_split(src)
     shard_of = {(e.split, e.name): (s, i, pos) for s, i, entries in todo for pos, e in enumerate(entries)}
     pending = {(s, i): len(entries) for s, i, entries in todo}
-    buffers: dict[tuple[str, int], list] = {key: [] for key in pending}
+    buffers: dict[tuple[str, int], list[tuple[int, str, int, Payload | Exception]]] = {key: [] for key in pending}
     context = multiprocessing.get_context("fork")
     with context.Pool(workers, initializer=_init_worker, initargs=(max_pixels,)) as pool:
-        in_flight: deque = deque()
+        in_flight: deque[AsyncResult[_ShardResult]] = deque()
 
         def collect(block: bool) -> None:
             while in_flight and (block or in_flight[0].ready()):
@@ -351,7 +372,7 @@ def _decode_shards(out: Path, src: Source, todo: list, params: dict, workers: in
             buffers[key].append((pos, entry.name, class_index[entry.label], payload))
             if len(buffers[key]) == pending[key]:
                 items = [item[1:] for item in sorted(buffers.pop(key), key=lambda item: item[0])]
-                task = (out, key[0], key[1], items, size, encoding, max_pixels, key[0] == stats_split)
+                task: _ShardTask = (out, key[0], key[1], items, size, encoding, max_pixels, key[0] == stats_split)
                 in_flight.append(pool.apply_async(_process_shard, (task,)))
                 collect(block=len(in_flight) > workers)
         collect(block=True)
@@ -368,7 +389,7 @@ def cached_store(name: str, source: str, size: int = 256) -> Path:
     return store
 
 
-def format_prepare_summary(summary: dict) -> str:
+def format_prepare_summary(summary: Mapping[str, Any]) -> str:
     """A short human-readable account of a prepare run."""
     lines = [
         f"store {summary['store']}  ({summary['size']}x{summary['size']}, {summary['encoding']}, "

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,8 +40,8 @@ def build_model(m: ModelConfig) -> nn.Module:
     check_model_config(m)
     if m.num_classes is None:
         raise ValueError("model.num_classes is not resolved: take it from the store (Config.with_num_classes)")
-    overrides: dict = {"input_size": m.input_size, "dropout": m.dropout, "dropout_form": m.dropout_form,
-                       "lrn_alpha": m.lrn_alpha}
+    overrides: dict[str, Any] = {"input_size": m.input_size, "dropout": m.dropout, "dropout_form": m.dropout_form,
+                                 "lrn_alpha": m.lrn_alpha}
     if m.init != "paper":  # only the paper family takes an init; its default is "paper"
         overrides["init"] = m.init
     return create_model(m.name, m.num_classes, **overrides)
@@ -47,19 +49,19 @@ def build_model(m: ModelConfig) -> nn.Module:
 
 def classifier_name(model: nn.Module) -> str:
     """The name of the last fully connected layer (fc8 for the paper's net): the one fine-tuning replaces."""
-    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    names: list[str] = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     if not names:
         raise ValueError(f"{type(model).__name__} has no fully connected layer to replace")
     return names[-1]
 
 
-def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """The model weights of a checkpoint (.pt) or a weights file (.safetensors)."""
     path = Path(path)
     return load_weights(path)[0] if path.suffix == ".safetensors" else TrainingState.load(path).model
 
 
-def read_trained_config(path: str | os.PathLike) -> Config:
+def read_trained_config(path: str | os.PathLike[str]) -> Config:
     """The resolved config a checkpoint (.pt) or an exported weights file (.safetensors) was trained with."""
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -70,7 +72,9 @@ def read_trained_config(path: str | os.PathLike) -> Config:
     return read_config(json.loads(metadata["config"]), metadata.get("format"), str(path))
 
 
-def finetune_config(config: Config, checkpoint: str | os.PathLike, model_overrides: dict | None = None) -> Config:
+def finetune_config(
+    config: Config, checkpoint: str | os.PathLike[str], model_overrides: Mapping[str, Any] | None = None
+) -> Config:
     """The config of fine-tuning `checkpoint` with `config`'s recipe.
 
     From the checkpoint come the network (the `[model]` section, with the class count left to the new
@@ -87,7 +91,7 @@ def finetune_config(config: Config, checkpoint: str | os.PathLike, model_overrid
     return replace(config, model=ModelConfig(**model), data=data)
 
 
-def load_pretrained(model: nn.Module, path: str | os.PathLike) -> list[str]:
+def load_pretrained(model: nn.Module, path: str | os.PathLike[str]) -> list[str]:
     """Load every weight of a checkpoint or weights file except the classifier's, which keeps its fresh
     initialisation (the paper's pre-train-then-fine-tune "CNN*" rows, Section 6).
     Returns the names of the parameters left initialised."""
@@ -130,7 +134,7 @@ class TrainedNetwork:
         return Augmenter(replace(self.config.data, lighting_std=0.0), self.mean, device=device)
 
 
-def load_trained(path: str | os.PathLike, device: torch.device | str = "cpu") -> TrainedNetwork:
+def load_trained(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> TrainedNetwork:
     """Rebuild the network a checkpoint (`latest.pt`, `best.pt`) or an exported weights file
     (`.safetensors` with its `NAME.mean.npy` beside it, as `alexnet export` and `alexnet import-caffe`
     write them) was trained as, and load its weights."""

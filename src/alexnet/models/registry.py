@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from torch import nn
 
@@ -42,7 +43,7 @@ def _halve_towers(input_size: int) -> tuple[ConvSpec, ...]:
 CAFFE_LRN = LRNParams(size=5, alpha=1e-4, beta=0.75, k=1.0, divide_by_size=True)
 
 # name -> (description, function of input_size returning the changes to AlexNetConfig's defaults)
-_PAPER_VARIANTS: dict[str, tuple[str, Callable[[int], dict]]] = {
+_PAPER_VARIANTS: dict[str, tuple[str, Callable[[int], dict[str, Any]]]] = {
     "alexnet": ("the paper's network (Section 3, Figure 2)", lambda n: {}),
     "alexnet_tanh": ("tanh instead of ReLU everywhere (Section 3.1)", lambda n: {"activation": "tanh"}),
     "alexnet_nolrn": ("no response normalisation (Section 3.3: +1.4 top-1)", lambda n: {"lrn": False}),
@@ -101,7 +102,7 @@ _INPUT_SIZES = {"cifar_convlocal_lrn": 24, "cifar_convlocal": 24}  # CIFAR nets 
 _ALEXNET_FIELDS = ({f.name for f in dataclasses.fields(AlexNetConfig)} - {"num_classes", "convs"}) | {"lrn_alpha"}
 
 
-def _readings(overrides: dict) -> tuple[str, str]:
+def _readings(overrides: dict[str, Any]) -> tuple[str, str]:
     """Pop ``lrn_alpha`` and ``dropout_form`` from `overrides` and check them ("auto" when absent)."""
     lrn_alpha = overrides.pop("lrn_alpha", "auto")
     form = overrides.pop("dropout_form", "auto")
@@ -121,7 +122,7 @@ def list_models() -> list[str]:
     return [*_PAPER_VARIANTS, *_OTHER]
 
 
-def model_config(name: str, num_classes: int = 1000, **overrides) -> AlexNetConfig:
+def model_config(name: str, num_classes: int = 1000, **overrides: Any) -> AlexNetConfig:
     """The AlexNetConfig of a paper-family model name, with overrides applied."""
     _check(name)
     if name not in _PAPER_VARIANTS:
@@ -143,7 +144,7 @@ def model_config(name: str, num_classes: int = 1000, **overrides) -> AlexNetConf
     return replace(config, lrn_params=_reread(config.lrn_params, lrn_alpha))
 
 
-def create_model(name: str, num_classes: int = 1000, **overrides) -> nn.Module:
+def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> nn.Module:
     """Build a registered model.
 
     Args:
