@@ -64,3 +64,15 @@ def test_live_units_counts_fc6_and_fc7_units_that_fire_on_any_input():
         model.fc7.bias.fill_(-1e6)  # every fc7 ReLU at 0 for every input: a dead layer
     assert live_units(model, x) == {"fc6": counts["fc6"], "fc7": 0}
     assert list(probe_indices(10, 4)) == [0, 3, 6, 9] and len(probe_indices(3925)) == 256
+
+
+def test_the_recipe_verdict_needs_seeds_and_a_run_off_the_plateau():
+    from alexnet.experiments.paper_recipe import verdict
+
+    def results(values, plateau):
+        return {"classes": 10, "recipes": {"paper": {"final_val_top1_accuracy": {"values": values},
+                                                     "on_plateau_at_end": plateau}}}
+
+    assert verdict(results([0.62, 0.60, 0.64], [False] * 3)).startswith("reproduced")
+    assert verdict(results([0.62, 0.10, 0.64], [False, True, False])) == "not at this budget"
+    assert verdict(results([0.62], [False])).startswith("not testable")
