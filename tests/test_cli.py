@@ -130,7 +130,7 @@ def test_finetune_keeps_the_checkpoints_network_and_refuses_one_that_cannot_take
               "--set", "data.workers=0", "--set", "run.device=cpu", "--set", "data.eval_batch_size=8",
               "--set", "data.batch_size=4"]
     assert main(["finetune", ckpt, "--run-dir", str(tmp_path / "ft"), *common]) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # the log (the summary is on stdout)
     assert "cifar_tanh from" in out and "fc4.bias, fc4.weight, which start fresh for 3 classes" in out
     state = TrainingState.load(tmp_path / "ft" / "checkpoints" / "latest.pt")
     assert state.config.model.name == "cifar_tanh" and state.config.data.input_scale == 64.0

@@ -191,8 +191,7 @@ def test_the_demo_ends_with_its_figures_and_report(tmp_path, monkeypatch, capsys
                         lambda config, run_dir: fit(tiny_config(store, "run.epochs=1"), run_dir, progress=False))
     run = tmp_path / "run"
     assert run_demo(str(run), as_json=True) == 0
-    out = capsys.readouterr().out
-    result = json.loads(out[out.rindex("\n{\n") + 1 :])  # the summary ends the output
+    result = json.loads(capsys.readouterr().out)  # with --json stdout holds only the summary (the log: stderr)
     assert Path(result["report"]) == run / "report.html"
     for name in ("demo.json", "report.html", "analysis/kernels.png", "analysis/kernels.json",
                  "analysis/predictions.png", "analysis/predictions.json"):
