@@ -151,7 +151,8 @@ def test_lrn_cifar_end_to_end_killed_and_resumed(tmp_path):
     assert record["schedule"]["milestones"] == [1, 2]
     d = results["difference"]
     assert d["interval"] is not None and isinstance(d["larger_than_seed_spread"], bool)
-    assert "**reduced**" in results["table"]["setting"] and "n = 2" in results["table"]["ours"]
+    assert "cmrnorm" in results["table"]["setting"] and "n = 2" in results["table"]["ours"]
+    assert results["table"]["verdict"] and "13pct" in results["table"]["paper"]
     again = Runner(tmp_path / "runs")
     assert lrn_cifar.run_experiment(again, 2, budget, overrides)["variants"] == results["variants"]
     assert again.trained_now == []
