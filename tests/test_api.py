@@ -47,7 +47,8 @@ def _trained(classes: int = 5) -> TrainedNetwork:
 def test_save_pretrained_and_from_pretrained_give_identical_outputs(tmp_path):
     trained = _trained()
     folder = alexnet.save_pretrained(trained, tmp_path / "net")
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors",
+                                                        "training_config.toml"]
     described = json.loads((folder / "config.json").read_text())
     assert described["architecture"] == "alexnet" and described["num_classes"] == 5
     assert described["dropout"] == {"p": 0.5, "form": "paper"}
@@ -55,6 +56,8 @@ def test_save_pretrained_and_from_pretrained_give_identical_outputs(tmp_path):
     assert described["input"]["crop"] == 224 and described["classes"][1] == "n00000001"
     card = (folder / "README.md").read_text()
     assert "alexnet.from_pretrained" in card and "stores/tiny" not in card and "`tiny`" in card
+    assert "alexnet train --config training_config.toml --data tiny" in card
+    assert load_config(str(folder / "training_config.toml")) == trained.config
 
     loaded = alexnet.from_pretrained(folder)
     assert not loaded.model.training and loaded.class_names == trained.class_names

@@ -3,7 +3,9 @@
     DIR/model.safetensors   the weights, and the training store's mean image as the tensor `input_mean`
     DIR/config.json         architecture, input size and normalisation, the dropout and LRN conventions,
                             class ids and names, and the whole training config
-    DIR/README.md           a model card written from the run: data, epochs, metrics, how to load it
+    DIR/README.md           a model card written from the run: data, epochs, metrics, the command that trains
+                            it again, how to load it
+    DIR/training_config.toml  the resolved training config, as `alexnet train --config` takes it
 
 `from_pretrained` also takes a training checkpoint (`latest.pt`, `best.pt`) or a weights file written by
 `alexnet export` / `alexnet import-caffe`, and always returns a `TrainedNetwork`: the network in evaluation
@@ -23,13 +25,13 @@ import torch
 
 from alexnet.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from alexnet.checkpoint import TrainingState, load_weights, read_config, save_weights
-from alexnet.config import config_to_dict
+from alexnet.config import config_to_dict, save_config
 from alexnet.errors import CheckpointError
 from alexnet.fsutil import atomic_write, write_json
 from alexnet.models.build import TrainedNetwork, build_model, load_trained
 
 FORMAT = "alexnet-pretrained-1"
-WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
+WEIGHTS, CONFIG, CARD, TOML = "model.safetensors", "config.json", "README.md", "training_config.toml"
 MEAN_KEY = "input_mean"
 
 
@@ -50,6 +52,7 @@ def save_pretrained(source: TrainedNetwork | str | os.PathLike[str], directory: 
     state[MEAN_KEY] = source.mean.float()
     save_weights(state, directory / WEIGHTS, {"format": FORMAT})
     write_json(directory / CONFIG, describe(source))
+    save_config(source.config, directory / TOML)
     card = model_card(source, metrics)
     atomic_write(directory / CARD, lambda f: f.write(card.encode()))
     return directory
@@ -101,6 +104,14 @@ def model_card(trained: TrainedNetwork, metrics: Sequence[Mapping[str, Any]]) ->
         lines.append(f"- Trained: {last.get('epoch')} epochs; last training loss {loss:.3f}"
                      + (f", validation top-1 error {100 * top1:.1f} % (centre crop)" if top1 is not None else ""))
     lines += [
+        "",
+        "## Train it again",
+        "",
+        "```sh",
+        f"alexnet train --config {TOML} --data {Path(str(c.data.store)).name} --run-dir runs/again",
+        "```",
+        "",
+        f"({TOML} is the resolved config this network was trained with; `--data` names the prepared store.)",
         "",
         "## Use",
         "",
