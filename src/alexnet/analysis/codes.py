@@ -13,8 +13,8 @@ vectors to short binary codes" (the method of Krizhevsky and Hinton, 2011). Here
   Why these choices: semantic hashing's Gaussian noise on the code layer's input, without its RBM
   pre-training, drives every code to the same value; uncentred vectors through a wider (1024-unit)
   encoder give codes that use few of their bits. Centring, the linear encoder and a decoder whose output
-  layer starts at zero give nearly all-distinct codes with every bit in use (the README's analyses
-  section has the measured precision of each).
+  layer starts at zero give nearly all-distinct codes with every bit in use (docs/analyses.md
+  has the measured precision of each).
 * A code is the sign of the code layer's input (the logistic above 0.5), B bits packed 8 to a byte.
 * The baseline a learnt code must beat: random hyperplanes (the signs of B Gaussian projections of the
   centred vectors, locality-sensitive hashing), same bits, same search.

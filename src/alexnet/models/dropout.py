@@ -8,7 +8,7 @@ form (kept units times 1 / (1 - p) in training, the identity at test), cuda-conv
 The two compute the same function at test time but do not train the same: with the same weights,
 W (2 m h) = (2 W) (m h), so the inverted form is the paper's network with the layer after each dropout
 started at twice the standard deviation and trained at four times the rate. With the paper's
-initialisation and learning rate that is enough to kill fc7 within a few steps (README, "Dropout").
+initialisation and learning rate that is enough to kill fc7 within a few steps (docs/network.md, "Dropout").
 """
 
 from __future__ import annotations
