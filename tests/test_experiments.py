@@ -226,6 +226,14 @@ def test_a_record_compares_the_store_by_its_name_not_its_path():
     here, there = (comparable_config(load_config("demo", [f"data.store={p}/stores/imagenette"]))
                    for p in ("/root/.cache/alexnet", "/home/someone/.cache/alexnet"))
     assert here == there and here["data"]["store"] == "imagenette"
+    from alexnet.experiments.records import configs_match
+
+    older = json.loads(json.dumps(here))
+    del older["optim"]["bias_lr_scale"]  # a record written before the key existed ...
+    assert configs_match(older, here)  # ... matches while the key is at its default
+    assert not configs_match(older, {**here, "optim": {**here["optim"], "bias_lr_scale": 2.0}})
+    assert not configs_match(here, older)  # a key the config no longer has: stale
+    assert not configs_match(here, {**here, "run": {**here["run"], "epochs": 3}})
     bits = torch.rand(3925, generator=torch.Generator().manual_seed(0)).numpy() > 0.3
     packed = pack_bits(bits)
     assert (unpack_bits(packed) == bits).all() and len(packed["bits"]) < 700

@@ -7,8 +7,9 @@ hits for a bootstrap, live-unit counts, test-set results). `Runner` treats a run
 spec as done, so an experiment started on one machine continues on another, and people who share a
 repository share its finished runs.
 
-A record matches a spec when their configs are equal, with one exception: `data.store` is compared by the
-store folder's name, not its path (the same prepared store sits in a different home on every machine).
+A record matches a spec when their configs are equal, with two allowances: `data.store` is compared by the
+store folder's name, not its path (the same prepared store sits in a different home on every machine), and a
+key added to the config after the record was written matches at its default (what the record's run used).
 Anything else that differs (epochs, a learning rate, threads, precision) makes the record stale: the run is
 trained again and its new record replaces the old one.
 """
@@ -54,7 +55,22 @@ def read_record(folder: Path | None, key: str, config: Config) -> dict | None:
         raise ValueError(f"{path}: not a run record ({err}); delete it to train the run again") from err
     if record.get("format") != FORMAT:
         raise ValueError(f"{path}: format {record.get('format')!r}, expected {FORMAT!r}")
-    return record if record["config"] == comparable_config(config) else None
+    return record if configs_match(record["config"], comparable_config(config)) else None
+
+
+def configs_match(recorded: dict, wanted: dict) -> bool:
+    """Whether a record's config is the one wanted. A key the record lacks (added to the config after the
+    record was written) matches only at its default, the value every config without it ran with."""
+    defaults = comparable_config(Config())
+    for section, values in wanted.items():
+        for key, value in values.items():
+            have = recorded.get(section, {})
+            if key in have:
+                if have[key] != value:
+                    return False
+            elif value != defaults.get(section, {}).get(key):
+                return False
+    return all(key in wanted.get(section, {}) for section, values in recorded.items() for key in values)
 
 
 def write_record(folder: Path, key: str, fields: dict[str, Any], config: Config) -> Path:
