@@ -97,7 +97,7 @@ def add_experiment(sub, shared: Parents) -> None:
                       help="relu-vs-tanh, lrn-cifar, ablations, time-to-accuracy, paper-recipe, or table")
     head.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of every variant")
     head.add_argument("--budget", default="cpu",
-                      help="cpu (sized for a 2-core CPU, reduced); also, by experiment: cpu-long, gpu, paper (full "
+                      help="cpu (sized for a 2-core CPU, reduced); also, by experiment: cpu-short, gpu, paper (full "
                            "length), smoke (tests); an unknown name lists the experiment's budgets")
     data = options()
     data.add_argument("--data", default=None, metavar="STORE",
