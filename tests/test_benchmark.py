@@ -13,3 +13,18 @@ def test_the_end_to_end_rate_weighs_each_epoch_by_its_images(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text("".join(json.dumps(r) + "\n" for r in lines))
     assert overall_rate(metrics) == pytest.approx(1.5 / 1.25 * 100.0)  # 120, not the last record's 200
+
+
+def test_the_gpu_script_parses_checks_first_and_carries_the_records_in():
+    """benchmarks/gpu.sh runs on a lent GPU only (never here): it must at least parse, time the checks before
+    the experiments, and start the experiments from the committed run records."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    assert text.index("Section 1") < text.index("model_step.py") < text.index("Section 2")
+    assert text.index("cp -r experiments/records") < text.index("alexnet experiment relu-vs-tanh")
+    for name in ("relu-vs-tanh", "ablations", "lrn-cifar"):
+        assert f"alexnet experiment {name}" in text and "timeout" in text
