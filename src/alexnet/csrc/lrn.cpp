@@ -16,7 +16,9 @@
 //
 // Layout: contiguous (N, C, *). LRN work is split into (image, tile of spatial positions); each tile keeps
 // its C x T working set in cache. Window sums are summed directly (n terms), never by running differences:
-// a sliding sum loses precision when large values leave the window.
+// a sliding sum loses precision when large values leave the window. The pair pool_forward_nhwc /
+// pool_backward_nhwc does the same on channels-last maps, every tower in one call (further down), with a
+// hand-vectorised AVX-512 path where the build has it.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
