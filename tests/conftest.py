@@ -70,3 +70,19 @@ def data_bad_files(data_good_images: dict[str, bytes]) -> dict[str, tuple[bytes,
         "notes.txt": (b"this is a text file, not a picture\n", "not an image"),
         "bomb.png": (_png_bomb(100_000, 100_000), "bomb"),
     }
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """Headless Chromium driven over DevTools (tests/test_report.py's Browser); skips without one on PATH."""
+    import shutil
+
+    from test_report import CHROMIUM_NAMES, Browser
+
+    binary = next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
+    if binary is None:
+        pytest.skip(f"no Chromium on PATH (looked for {', '.join(CHROMIUM_NAMES)}); "
+                    "`make test` installs Debian's chromium where it can (root or sudo, apt-get)")
+    b = Browser(binary, tmp_path_factory.mktemp("chromium-profile"))
+    yield b
+    b.close()

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from test_report import CHROMIUM_NAMES, Browser
-
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 NOT_RUN = re.compile(r"<!-- not run: (\S.*) -->")
@@ -98,17 +96,6 @@ def served(site):
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    binary = next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
-    if binary is None:
-        pytest.skip(f"no Chromium on PATH (looked for {', '.join(CHROMIUM_NAMES)}); "
-                    "`make test` installs Debian's chromium where it can (root or sudo, apt-get)")
-    b = Browser(binary, tmp_path_factory.mktemp("chromium-profile"))
-    yield b
-    b.close()
 
 
 @pytest.mark.parametrize(("page", "figures"), [("analyses/", 3), ("experiments/", 4)])

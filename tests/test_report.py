@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -276,17 +275,6 @@ class Browser:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    binary = next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
-    if binary is None:
-        pytest.skip(f"no Chromium on PATH (looked for {', '.join(CHROMIUM_NAMES)}); "
-                    "`make test` installs Debian's chromium where it can (root or sudo, apt-get)")
-    b = Browser(binary, tmp_path_factory.mktemp("chromium-profile"))
-    yield b
-    b.close()
 
 
 def test_the_report_loads_in_headless_chromium_with_every_image_decoded(browser, tmp_path):

@@ -28,7 +28,7 @@ from alexnet.checkpoint import TrainingState, load_weights, read_config, save_we
 from alexnet.config import config_to_dict, save_config
 from alexnet.errors import CheckpointError
 from alexnet.fsutil import atomic_write, write_json
-from alexnet.models.build import TrainedNetwork, build_model, load_trained
+from alexnet.models.build import TrainedNetwork, load_trained, trained_network
 
 FORMAT = "alexnet-pretrained-1"
 WEIGHTS, CONFIG, CARD, TOML = "model.safetensors", "config.json", "README.md", "training_config.toml"
@@ -152,10 +152,4 @@ def from_pretrained(path: str | os.PathLike[str], device: torch.device | str = "
     mean = weights.pop(MEAN_KEY, None)
     if mean is None:
         raise CheckpointError(f"{path / WEIGHTS} has no {MEAN_KEY!r} tensor (the mean image)")
-    model = build_model(config.model)
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: the weights do not fit {config.model.name}: {e}") from None
-    model.to(device).eval()
-    return TrainedNetwork(model, config, described["classes"], described["class_names"], mean, path)
+    return trained_network(weights, config, described["classes"], described["class_names"], mean, path, device)

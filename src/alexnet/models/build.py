@@ -152,6 +152,12 @@ def load_trained(path: str | os.PathLike[str], device: torch.device | str = "cpu
         state = TrainingState.load(path)
         weights, config, classes, names, mean = (state.model, state.config, state.classes, state.class_names,
                                                  state.mean)
+    return trained_network(weights, config, classes, names, mean, path, device)
+
+
+def trained_network(weights: dict[str, torch.Tensor], config: Config, classes: list[str], names: list[str],
+                    mean: torch.Tensor, path: Path, device: torch.device | str = "cpu") -> TrainedNetwork:
+    """The configured network with `weights` loaded, in evaluation mode on `device` (`path` names them in errors)."""
     model = build_model(config.model)
     try:
         model.load_state_dict(weights)
