@@ -140,3 +140,57 @@ def test_weight_decay_on_weights_only_and_a_bias_rate_multiplier():
     opt.step()  # zero gradients: only weight decay moves anything
     torch.testing.assert_close(model.weight.detach(), w * (1 - 0.1 * 0.5))
     assert torch.equal(model.bias.detach(), b)
+
+
+def test_fused_update_gives_the_weights_of_the_tensor_operations():
+    """The C++ pass (float32 CPU parameters) and the tensor operations agree exactly, across a change of
+    rate, on sizes that are not a multiple of any vector width and on a channels-last weight."""
+    from alexnet.optim import fused_sgd_available
+
+    assert fused_sgd_available(), "the fused SGD update must build in the test environment (gcc + ninja)"
+    torch.manual_seed(0)
+    shapes = [(96, 3, 11, 11), (1000, 37), (10,), (3,)]
+    start = [torch.randn(s) for s in shapes]
+    start[0] = start[0].contiguous(memory_format=torch.channels_last)
+    grads = [[torch.randn(s) for s in shapes] for _ in range(4)]
+    for gs in grads:  # autograd lays a gradient out as its parameter
+        gs[0] = gs[0].contiguous(memory_format=torch.channels_last)
+    final = {}
+    for fused in (True, False):
+        ws = [w.clone().requires_grad_() for w in start]
+        opt = PaperSGD([{"params": ws[:2]}, {"params": ws[2:], "weight_decay": 0.0}], lr=0.05, momentum=0.9,
+                       weight_decay=5e-4, fused=fused)
+        for i, gs in enumerate(grads):
+            if i == 2:
+                set_lr(opt, 0.005)
+            for w, g in zip(ws, gs, strict=True):
+                w.grad = g.clone()
+            opt.step()
+        assert [opt._fusable(w) for w in ws] == [fused] * 4
+        final[fused] = [w.detach() for w in ws] + [opt.state[w]["velocity"] for w in ws]
+    for a, b in zip(final[True], final[False], strict=True):
+        assert torch.equal(a, b)
+    assert final[True][0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_fused_update_takes_what_it_cannot_update_through_tensor_operations():
+    """float64 and parameters without a gradient: the tensor operations (or nothing), same formula."""
+    w64 = torch.ones(5, dtype=torch.float64, requires_grad=True)
+    idle = torch.ones(3, requires_grad=True)
+    opt = PaperSGD([w64, idle], lr=0.1, momentum=0.9, weight_decay=0.0)
+    w64.grad = torch.full((5,), 2.0, dtype=torch.float64)
+    opt.step()
+    assert torch.equal(w64.detach(), torch.full((5,), 0.8, dtype=torch.float64))
+    assert torch.equal(idle.detach(), torch.ones(3)) and idle not in opt.state
+    assert not opt._fusable(w64)
+
+
+def test_fused_kernel_names_a_bad_argument():
+    from alexnet.optim import fused_sgd_available
+
+    assert fused_sgd_available()
+    w, g, v = torch.zeros(4), torch.zeros(4), torch.zeros(5)
+    with pytest.raises(RuntimeError, match=r"velocities\[0\] has sizes \[5\]"):
+        torch.ops.alexnet_sgd.paper_step([w], [g], [v], 0.1, 0.9, 0.0)
+    with pytest.raises(RuntimeError, match=r"grads\[0\] must be a dense float32 CPU tensor"):
+        torch.ops.alexnet_sgd.paper_step([w], [g.double()], [v[:4]], 0.1, 0.9, 0.0)

@@ -32,17 +32,15 @@ costs no activation memory beyond the ReLU output it shares. ``relu=True`` fuses
 from __future__ import annotations
 
 import functools
-import hashlib
-import logging
 import os
-import platform
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from alexnet import native
 
 
 @dataclass(frozen=True)
@@ -75,7 +73,7 @@ PAPER_LRN = LRNParams()
 # The same constants read as printed: the sum of squares times 1e-4, five times the code's normalisation.
 PRINTED_LRN = LRNParams(divide_by_size=False)
 
-_SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "lrn.cpp"
+_SOURCE = native.CSRC / "lrn.cpp"
 
 
 _BUILD_ERROR: list[str] = []  # why the C++ kernel could not be built, once it was tried
@@ -103,20 +101,8 @@ def cpp_kernel_available() -> bool:
         raise ValueError(f"ALEXNET_LRN={mode!r}: expected 'auto', 'cpp' or 'torch'")
     if mode == "torch":
         return False
-    # The builder logs a CUDA warning on CPU-only machines that says nothing about this kernel.
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    from torch.utils import cpp_extension  # heavy (setuptools, ninja lookups): only when the kernel is built
-
-    # -march=native: the build is cached per machine; the CPU's name is part of the cache key.
-    key = hashlib.sha256(_SOURCE.read_bytes() + platform.processor().encode() + _cpu_model().encode())
     try:
-        cpp_extension.load(
-            name=f"alexnet_lrn_{key.hexdigest()[:12]}",
-            sources=[str(_SOURCE)],
-            extra_cflags=["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno"],
-            is_python_module=False,
-            verbose=False,
-        )
+        native.build("alexnet_lrn", _SOURCE)
     except Exception as err:  # a missing compiler or ninja must not stop training: fall back.
         _BUILD_ERROR.append(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
         if mode == "cpp":
@@ -187,16 +173,6 @@ def _register_autograd() -> None:
                                     setup_context=setup_pool)
     torch.library.register_autograd("alexnet_lrn::pool_forward_nhwc", pool_backward(ops.pool_backward_nhwc),
                                     setup_context=setup_pool)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags")):
-                return line
-    except OSError:
-        pass
-    return ""
 
 
 def _window_sum(t: torch.Tensor, half: int) -> torch.Tensor:

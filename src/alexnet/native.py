@@ -1,0 +1,51 @@
+"""Building the package's C++ operators (``csrc/``): compiled on first use for the CPU they run on, with
+torch's extension builder, and cached under ``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``).
+
+Each source registers its operators with ``TORCH_LIBRARY``; :func:`build` compiles and loads one. The flags:
+
+* ``-march=native``: the vector instructions of this CPU (AVX-512 where it has them). The build is cached
+  per machine: the CPU's model line and flags are part of the cache key.
+* ``-fopenmp``: ``at::parallel_for`` spreads its loop over torch's intra-op threads only in code compiled
+  with OpenMP; without it every call runs on one thread (the LRN kernel did until 2026-12-06, at half its
+  speed on two cores). The library then uses the OpenMP runtime torch already loaded (the same soname).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+from pathlib import Path
+
+CSRC = Path(__file__).resolve().parent / "csrc"
+CFLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno")
+LDFLAGS = ("-fopenmp",)
+
+
+def build(stem: str, source: Path) -> None:
+    """Compile (once per machine, source and flags) and load the operators in `source`; raises what the
+    builder raised (no compiler, no ninja, a compile error)."""
+    # The builder logs a CUDA warning on CPU-only machines that says nothing about these kernels.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils import cpp_extension  # heavy (setuptools, ninja lookups): only when something is built
+
+    # A changed source, CPU or flag builds into a new folder, never over a library a running process loaded.
+    key = hashlib.sha256(source.read_bytes() + platform.processor().encode() + cpu_model().encode()
+                         + " ".join(CFLAGS + LDFLAGS).encode())
+    cpp_extension.load(
+        name=f"{stem}_{key.hexdigest()[:12]}",
+        sources=[str(source)],
+        extra_cflags=list(CFLAGS),
+        extra_ldflags=list(LDFLAGS),
+        is_python_module=False,
+        verbose=False,
+    )
+
+
+def cpu_model() -> str:
+    """/proc/cpuinfo's model name and flags lines ("" where there is none)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return ""
+    return "\n".join(next((line for line in lines if line.startswith(k)), "") for k in ("model name", "flags"))
