@@ -30,12 +30,19 @@ def _eigen() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor([14000.0, 1200.0, 230.0], dtype=torch.float64), vecs
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("path", ["loop", "batched"])
+def _augmenter(path: str, cfg: AugmentConfig, device: str = "cpu", **kwargs) -> Augmenter:
+    """An augmenter whose training crops take `path`: "fused" (the C++ pass), "loop" or "batched"."""
+    aug = Augmenter(cfg, device=device, fused=path == "fused", **kwargs)
+    if path != "fused":
+        aug._crop = getattr(aug, f"_crop_{path}")
+    return aug
+
+
+@pytest.mark.parametrize(("device", "path"), [(d, p) for d in DEVICES for p in ("fused", "loop", "batched")
+                                              if d == "cpu" or p != "fused"])
 def test_random_crop_and_flip_match_explicit_slicing(device: str, path: str) -> None:
     images, mean = _data()
-    aug = Augmenter(AugmentConfig(crop=C, lighting_std=0.0), mean=mean, device=device)
-    aug._crop = getattr(aug, f"_crop_{path}")
+    aug = _augmenter(path, AugmentConfig(crop=C, lighting_std=0.0), device, mean=mean)
     out = aug.train(images.to(device), batch_generator(3, 1, 4, device)).cpu()
 
     # Replay the documented draw order: rows, columns, reflections.
@@ -51,12 +58,11 @@ def test_random_crop_and_flip_match_explicit_slicing(device: str, path: str) -> 
         torch.testing.assert_close(out[i], want, rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("path", ["loop", "batched"])
+@pytest.mark.parametrize("path", ["fused", "loop", "batched"])
 def test_mean_is_cut_at_the_crop_window_and_flipped_with_it(path: str) -> None:
     images, _ = _data()
     # An image equal to the mean leaves exactly zero only if the mean window follows the crop and flip.
-    aug = Augmenter(AugmentConfig(crop=C, lighting_std=0.0), mean=images[0].float())
-    aug._crop = getattr(aug, f"_crop_{path}")
+    aug = _augmenter(path, AugmentConfig(crop=C, lighting_std=0.0), mean=images[0].float())
     same = images[0].expand(B, 3, S, S).contiguous()
     for batch_idx in range(4):
         out = aug.train(same, batch_generator(0, 0, batch_idx))
@@ -144,3 +150,40 @@ def test_wrong_inputs_name_the_problem() -> None:
         Augmenter(AugmentConfig())
     with pytest.raises(ValueError, match="eigvals and eigvecs"):
         Augmenter(AugmentConfig(crop=C, normalize="none")).train(images, batch_generator(0, 0, 0))
+
+
+@pytest.mark.parametrize("cfg", [
+    AugmentConfig(crop=C, lighting_std=0.1, input_scale=64.0),
+    AugmentConfig(crop=C, lighting_std=0.0),  # unit scale: the sum without the product
+    AugmentConfig(crop=C, lighting_std=0.1, normalize="channel"),  # no mean image
+    AugmentConfig(crop=C, random_crop=False, flip=False, lighting_std=0.1, input_scale=3.0),
+    AugmentConfig(crop=S, lighting_std=0.1, input_scale=64.0),  # the whole image
+], ids=["lighting-scaled", "unit-scale", "channel", "centre-no-flip", "whole-image"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_crop_gives_the_batches_of_the_tensor_operations(cfg: AugmentConfig, channels_last: bool) -> None:
+    """The C++ pass against the per-image tensor operations: identical values, the layout asked for."""
+    from alexnet.data.augment import fused_crop_available
+
+    assert fused_crop_available(), "the fused crop must build in the test environment (gcc + ninja)"
+    images, mean = _data(1)
+    vals, vecs = _eigen()
+    outs = {}
+    for path in ("fused", "loop"):
+        aug = _augmenter(path, cfg, mean=mean, eigvals=vals, eigvecs=vecs, channels_last=channels_last)
+        outs[path] = aug.train(images, batch_generator(5, 2, 7))
+    assert torch.equal(outs["fused"], outs["loop"])
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert outs["fused"].is_contiguous(memory_format=layout) and outs["loop"].is_contiguous(memory_format=layout)
+
+
+def test_fused_crop_names_a_window_outside_the_image() -> None:
+    from alexnet.data.augment import fused_crop_available
+
+    assert fused_crop_available()
+    images, mean = _data()
+    b = images.shape[0]
+    oy, ox = torch.zeros(b, dtype=torch.long), torch.zeros(b, dtype=torch.long)
+    ox[3] = S - C + 1
+    with pytest.raises(RuntimeError, match=r"window \(0, 7\) of image 3 leaves the 20x20 image"):
+        torch.ops.alexnet_augment.crop_normalize(images, mean, oy, ox, torch.zeros(b, dtype=torch.bool),
+                                                 torch.zeros(b, 3), torch.ones(3), True, C, False)

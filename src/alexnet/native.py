@@ -6,7 +6,7 @@ Each source registers its operators with ``TORCH_LIBRARY``; :func:`build` compil
 * ``-march=native``: the vector instructions of this CPU (AVX-512 where it has them). The build is cached
   per machine: the CPU's model line and flags are part of the cache key.
 * ``-fopenmp``: ``at::parallel_for`` spreads its loop over torch's intra-op threads only in code compiled
-  with OpenMP; without it every call runs on one thread (the LRN kernel did until 2026-12-06, at half its
+  with OpenMP; without it every call runs on one thread (so did the LRN kernel until the flag came in, at half its
   speed on two cores). The library then uses the OpenMP runtime torch already loaded (the same soname).
 """
 
@@ -22,20 +22,20 @@ CFLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno")
 LDFLAGS = ("-fopenmp",)
 
 
-def build(stem: str, source: Path) -> None:
+def build(stem: str, source: Path, extra_cflags: tuple[str, ...] = ()) -> None:
     """Compile (once per machine, source and flags) and load the operators in `source`; raises what the
-    builder raised (no compiler, no ninja, a compile error)."""
+    builder raised (no compiler, no ninja, a compile error). `extra_cflags` add to CFLAGS for this source."""
     # The builder logs a CUDA warning on CPU-only machines that says nothing about these kernels.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import cpp_extension  # heavy (setuptools, ninja lookups): only when something is built
 
     # A changed source, CPU or flag builds into a new folder, never over a library a running process loaded.
     key = hashlib.sha256(source.read_bytes() + platform.processor().encode() + cpu_model().encode()
-                         + " ".join(CFLAGS + LDFLAGS).encode())
+                         + " ".join(CFLAGS + extra_cflags + LDFLAGS).encode())
     cpp_extension.load(
         name=f"{stem}_{key.hexdigest()[:12]}",
         sources=[str(source)],
-        extra_cflags=list(CFLAGS),
+        extra_cflags=list(CFLAGS + extra_cflags),
         extra_ldflags=list(LDFLAGS),
         is_python_module=False,
         verbose=False,

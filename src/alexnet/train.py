@@ -299,7 +299,8 @@ def _build(config: Config, process: DistInfo, store: Store, state: TrainingState
         store,
         in_memory=data.in_memory, batch_size=data.eval_batch_size, **common,
     )
-    augmenter = Augmenter(data, store.mean, store.eigvals, store.eigvecs, process.device)
+    augmenter = Augmenter(data, store.mean, store.eigvals, store.eigvecs, process.device,
+                          channels_last=bool(config.run.channels_last))  # batches in the layout the net takes
     model = build_model(config.model)
     if state is not None:
         model.load_state_dict(state.model)

@@ -22,11 +22,32 @@ result (the paper uses 1.0, raw 0..255 minus the mean); ``lighting_std=0`` turns
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import numpy as np
 import torch
 
+from alexnet import native
 from alexnet.config import AugmentConfig
 from alexnet.threads import one_intraop_thread
+
+log = logging.getLogger(__name__)
+_BUILD_ERROR: list[str] = []
+
+
+@functools.cache
+def fused_crop_available() -> bool:
+    """Build (once per machine and source version) and load the fused training crop; False where it cannot be
+    built (then the per-image tensor operations run, with the same numbers, and the log says so once)."""
+    try:
+        native.build("alexnet_augment", native.CSRC / "augment.cpp", ("-ffp-contract=off",))
+    except Exception as err:  # a missing compiler must not stop training
+        _BUILD_ERROR.append(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        log.warning("the fused training crop could not be built (%s); using per-image tensor operations "
+                    "(same numbers, slower)", _BUILD_ERROR[0])
+        return False
+    return True
 
 # torchvision's ImageNet statistics on the 0..1 scale, used by normalize="channel".
 CHANNEL_MEAN = (0.485, 0.456, 0.406)
@@ -89,9 +110,18 @@ class Augmenter:
         eigvals: torch.Tensor | np.ndarray | None = None,
         eigvecs: torch.Tensor | np.ndarray | None = None,
         device: torch.device | str = "cpu",
+        channels_last: bool = False,
+        fused: bool | None = None,
     ) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
+        self.channels_last = channels_last
+        # Training crops on the CPU in one C++ pass (csrc/augment.cpp, built at the first training batch;
+        # None: where it builds), in the layout the network takes; the numbers of the per-image tensor
+        # operations below.
+        if fused and self.device.type != "cpu":
+            raise ValueError(f"Augmenter(fused=True) crops on the CPU; this one is on {self.device}")
+        self.fused = fused
         self._mean_pair: torch.Tensor | None = None
         if cfg.normalize == "mean_image":
             if mean is None:
@@ -121,7 +151,8 @@ class Augmenter:
         self._crop = self._crop_loop if self.device.type == "cpu" else self._crop_batched
 
     def train(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Random crop, reflection, lighting and normalisation: uint8 (B,3,S,S) -> float32 (B,3,c,c).
+        """Random crop, reflection, lighting and normalisation: uint8 (B,3,S,S) -> float32 (B,3,c,c),
+        channels-last in memory when the augmenter was made with ``channels_last``.
 
         Draws, in this order from ``generator``: row offsets, column offsets (when random_crop),
         reflections (when flip), lighting coefficients (when lighting_std > 0).
@@ -150,9 +181,23 @@ class Augmenter:
                 raise ValueError("lighting_std > 0 needs the store's eigvals and eigvecs (or lighting_std=0)")
             alpha = torch.randn(b, 3, device=dev, generator=generator) * self.cfg.lighting_std
             bias = bias + alpha @ self._light
+        offset = bias.view(b, 3, 1, 1) * self._scale
+        if self._fused_crop():
+            mean = None if self._mean_pair is None else self._mean_pair[0]
+            return torch.ops.alexnet_augment.crop_normalize(batch.contiguous(), mean, oy, ox, flip, offset,
+                                                            self._scale, self._unit_scale, c, self.channels_last)
         out = torch.empty(b, 3, c, c, device=dev)
-        self._crop(out, batch, oy, ox, flip, bias.view(b, 3, 1, 1) * self._scale)
+        if self.channels_last:
+            out = out.contiguous(memory_format=torch.channels_last)
+        self._crop(out, batch, oy, ox, flip, offset)
         return out
+
+    def _fused_crop(self) -> bool:
+        if self.device.type != "cpu" or self.fused is False:
+            return False
+        if self.fused and not fused_crop_available():
+            raise RuntimeError(f"Augmenter(fused=True): the fused crop could not be built: {_BUILD_ERROR[0]}")
+        return fused_crop_available()
 
     def center(self, batch: torch.Tensor) -> torch.Tensor:
         """Centre window, normalised: uint8 (B,3,S,S) -> float32 (B,3,c,c)."""
