@@ -154,11 +154,12 @@ def test_wrong_inputs_name_the_problem() -> None:
 
 @pytest.mark.parametrize("cfg", [
     AugmentConfig(crop=C, lighting_std=0.1, input_scale=64.0),
+    AugmentConfig(crop=C, lighting_std=0.1, input_scale=3.0),  # the product inexact: the FMA shows
     AugmentConfig(crop=C, lighting_std=0.0),  # unit scale: the sum without the product
     AugmentConfig(crop=C, lighting_std=0.1, normalize="channel"),  # no mean image
     AugmentConfig(crop=C, random_crop=False, flip=False, lighting_std=0.1, input_scale=3.0),
     AugmentConfig(crop=S, lighting_std=0.1, input_scale=64.0),  # the whole image
-], ids=["lighting-scaled", "unit-scale", "channel", "centre-no-flip", "whole-image"])
+], ids=["lighting-scaled", "lighting-inexact-scale", "unit-scale", "channel", "centre-no-flip", "whole-image"])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_fused_crop_gives_the_batches_of_the_tensor_operations(cfg: AugmentConfig, channels_last: bool) -> None:
     """The C++ pass against the per-image tensor operations: identical values, the layout asked for."""

@@ -194,3 +194,29 @@ def test_fused_kernel_names_a_bad_argument():
         torch.ops.alexnet_sgd.paper_step([w], [g], [v], 0.1, 0.9, 0.0)
     with pytest.raises(RuntimeError, match=r"grads\[0\] must be a dense float32 CPU tensor"):
         torch.ops.alexnet_sgd.paper_step([w], [g.double()], [v[:4]], 0.1, 0.9, 0.0)
+
+
+def test_fused_update_survives_a_copy_and_a_velocity_in_another_layout():
+    """A deep copy keeps working (Optimizer's pickled state omits `fused`); a channels-last weight whose
+    velocity comes back plain (a checkpoint from the other layout) is re-laid once and still fused."""
+    import copy
+
+    torch.manual_seed(0)
+    w0 = torch.randn(8, 3, 5, 5).contiguous(memory_format=torch.channels_last)
+    grads = [torch.randn(8, 3, 5, 5).contiguous(memory_format=torch.channels_last) for _ in range(3)]
+    out = {}
+    for fused in (True, False):
+        w = w0.clone().requires_grad_()
+        opt = PaperSGD([w], lr=0.1, weight_decay=5e-4, fused=fused)
+        w.grad = grads[0].clone()
+        opt.step()
+        opt.state[w]["velocity"] = opt.state[w]["velocity"].contiguous()  # the plain layout
+        opt = copy.deepcopy(opt) if fused else opt
+        w = opt.param_groups[0]["params"][0]
+        for g in grads[1:]:
+            w.grad = g.clone()
+            opt.step()
+        assert opt._fusable(w) == fused
+        out[fused] = (w.detach(), opt.state[w]["velocity"])
+    assert torch.equal(out[True][0], out[False][0]) and torch.equal(out[True][1], out[False][1])
+    assert out[True][1].is_contiguous(memory_format=torch.channels_last)

@@ -318,8 +318,10 @@ def overall_rate(metrics: Path) -> float:
 
 
 def same_net_rate(config: Config, num_classes: int, batch: int, steps: int = 12, warmup: int = 4) -> float:
-    """Images/s of `config`'s network trained on one fixed batch: its classes, optimizer, layout and precision
-    as `fit` runs them, without data (what the end-to-end rate is compared with)."""
+    """Images/s of `config`'s network trained on one fixed batch, without data (what the end-to-end rate is
+    compared with): its classes, optimizer kind and parameter groups, layout and precision as `fit` has them;
+    a rate of lr/100 (a step costs the same at any rate; the fixed batch must not blow up), the process's
+    threads, no compile or label smoothing (the demo uses neither)."""
     config = config.with_num_classes(num_classes, "the benchmark's store")
     layout = config.run.channels_last
     if layout is None:

@@ -42,6 +42,17 @@ def build(stem: str, source: Path, extra_cflags: tuple[str, ...] = ()) -> None:
     )
 
 
+def vector_fma() -> bool:
+    """Whether torch's vectorised CPU kernels fuse a multiply and an add into one rounding, as the fused update
+    and crop do to give the same numbers as the tensor operations they replace: everywhere but an x86 torch
+    limited to its baseline kernels (ATEN_CPU_CAPABILITY=default, or a CPU without AVX2), where the tensor
+    operations then run instead."""
+    import torch
+
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    return not (x86 and torch.backends.cpu.get_cpu_capability() == "DEFAULT")
+
+
 def cpu_model() -> str:
     """/proc/cpuinfo's model name and flags lines ("" where there is none)."""
     try:

@@ -27,7 +27,8 @@ class PaperSGD(torch.optim.Optimizer):
     ``fused`` (default: where possible) updates float32 CPU parameters with one C++ pass over memory
     (``csrc/sgd.cpp``, built on first use; 22 instead of 50 ms a step for the paper's network on a 2-core
     machine), with the same arithmetic and rounding as the tensor operations used everywhere else
-    (``fused=False``, other devices and dtypes, or where no compiler is available): identical weights.
+    (``fused=False``, other devices and dtypes, where no compiler is available or where torch's kernels round
+    a multiply-add twice, see `alexnet.native.vector_fma`): identical weights.
     """
 
     def __init__(
@@ -39,9 +40,12 @@ class PaperSGD(torch.optim.Optimizer):
                 f"PaperSGD: lr={lr}, momentum={momentum}, weight_decay={weight_decay} out of range"
             )
         if fused and not fused_sgd_available():
-            raise RuntimeError(f"PaperSGD(fused=True): the fused kernel could not be built: {_BUILD_ERROR[0]}")
+            why = _BUILD_ERROR[0] if _BUILD_ERROR else "torch's CPU kernels here round a multiply-add twice"
+            raise RuntimeError(f"PaperSGD(fused=True): the fused update is not available: {why}")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
         self.fused = fused
+
+    fused: bool | None = None  # what a copy or an unpickled optimizer uses (Optimizer's state omits it)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -60,6 +64,7 @@ class PaperSGD(torch.optim.Optimizer):
                 ps = [p for p, f in zip(params, fused, strict=True) if f]
                 torch.ops.alexnet_sgd.paper_step(ps, [p.grad for p in ps], [self.state[p]["velocity"] for p in ps],
                                                  lr, momentum, wd)
+                torch.autograd.graph.increment_version(ps)  # as an in-place tensor operation would
             rest = [p for p, f in zip(params, fused, strict=True) if not f]
             if rest:
                 velocities = [self.state[p]["velocity"] for p in rest]
@@ -71,14 +76,18 @@ class PaperSGD(torch.optim.Optimizer):
 
     def _fusable(self, p: torch.Tensor) -> bool:
         """Whether the C++ pass can update `p`: a dense float32 CPU tensor whose gradient and velocity are
-        laid out as it is (channels-last weights included)."""
-        if self.fused is False or p.device.type != "cpu" or p.dtype != torch.float32:
+        laid out as it is (channels-last weights included). A velocity in another layout (a checkpoint written
+        from another layout) is laid out as its parameter once, with the same values."""
+        g = p.grad
+        if (self.fused is False or p.device.type != "cpu" or p.dtype != torch.float32 or g is None
+                or g.layout != torch.strided or g.dtype != torch.float32 or g.stride() != p.stride()
+                or not (p.is_contiguous() or p.is_contiguous(memory_format=torch.channels_last))):
             return False
-        g, v = p.grad, self.state[p]["velocity"]
-        dense = p.is_contiguous() or p.is_contiguous(memory_format=torch.channels_last)
-        if not (dense and g.dtype == v.dtype == torch.float32 and g.stride() == v.stride() == p.stride()
-                and not g.is_sparse):
+        v = self.state[p]["velocity"]
+        if v.device != p.device or v.dtype != p.dtype or v.shape != p.shape:
             return False
+        if v.stride() != p.stride():
+            v = self.state[p]["velocity"] = torch.empty_like(p).copy_(v)
         return fused_sgd_available()
 
 
@@ -89,8 +98,10 @@ _BUILD_ERROR: list[str] = []
 def fused_sgd_available() -> bool:
     """Build (once per machine and source version) and load the fused update; False where it cannot be built
     (then PaperSGD uses tensor operations, with the same numbers, and says so once in the log)."""
+    if not native.vector_fma():
+        return False
     try:
-        native.build("alexnet_sgd", native.CSRC / "sgd.cpp")
+        native.build("alexnet_sgd", native.CSRC / "sgd.cpp", ("-ffp-contract=off",))
     except Exception as err:  # a missing compiler must not stop training
         _BUILD_ERROR.append(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
         log.warning("the fused SGD update could not be built (%s); using tensor operations (same numbers, "

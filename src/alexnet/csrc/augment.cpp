@@ -6,7 +6,8 @@
 // in the plain (N, C, H, W) or the channels-last layout, images spread over torch's threads. The rounding
 // is that of the tensor operations it replaces (the difference rounded to float, then torch.addcmul's fused
 // multiply-add, or the sum where the scale is 1; nothing else contracted: the library is built with
-// -ffp-contract=off), so both paths give identical batches (tests/test_augment.py).
+// -ffp-contract=off), so both paths give identical batches (tests/test_augment.py) wherever torch's kernels
+// fuse their multiply-adds (alexnet.native.vector_fma; elsewhere the tensor operations run).
 // The Python loop took 46 ms for a batch of 128 crops of 224 from 256 on one thread, and the network then
 // copied the batch into channels-last.
 
@@ -32,28 +33,30 @@ at::Tensor crop_normalize(const at::Tensor& batch, const std::optional<at::Tenso
   auto check_vec = [&](const at::Tensor& t, at::ScalarType type, const char* name) {
     TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == type && t.dim() == 1 && t.size(0) == B,
                 "alexnet_augment::crop_normalize: ", name, " must be a (", B, ",) ", type, " CPU tensor, got ",
-                t.scalar_type(), " ", t.sizes());
+                t.scalar_type(), " ", t.sizes(), " on ", t.device());
+    return t.contiguous();
   };
-  check_vec(oy, at::kLong, "oy");
-  check_vec(ox, at::kLong, "ox");
-  check_vec(flip, at::kBool, "flip");
+  const at::Tensor oy_c = check_vec(oy, at::kLong, "oy"), ox_c = check_vec(ox, at::kLong, "ox");
+  const at::Tensor flip_c = check_vec(flip, at::kBool, "flip");
+  TORCH_CHECK(offset.device().is_cpu() && offset.scalar_type() == at::kFloat && offset.numel() == B * 3,
+              "alexnet_augment::crop_normalize: offset must be a float32 CPU tensor of ", B, " x 3 values");
+  TORCH_CHECK(scale.device().is_cpu() && scale.scalar_type() == at::kFloat && scale.numel() == 3,
+              "alexnet_augment::crop_normalize: scale must be a float32 CPU tensor of 3 values");
   const at::Tensor off = offset.contiguous().view({B, 3});
-  TORCH_CHECK(off.scalar_type() == at::kFloat, "alexnet_augment::crop_normalize: offset must be float32");
   const at::Tensor sc = scale.contiguous().view({3});
-  TORCH_CHECK(sc.scalar_type() == at::kFloat, "alexnet_augment::crop_normalize: scale must be float32");
   const float* m = nullptr;
   at::Tensor mean_c;
   if (mean.has_value()) {
     mean_c = mean->contiguous();
-    TORCH_CHECK(mean_c.scalar_type() == at::kFloat && mean_c.dim() == 3 && mean_c.size(0) == 3 &&
+    TORCH_CHECK(mean_c.device().is_cpu() && mean_c.scalar_type() == at::kFloat && mean_c.dim() == 3 && mean_c.size(0) == 3 &&
                     mean_c.size(1) == H && mean_c.size(2) == W,
                 "alexnet_augment::crop_normalize: mean must be a float32 (3, ", H, ", ", W, ") tensor, got ",
                 mean_c.scalar_type(), " ", mean_c.sizes());
     m = mean_c.data_ptr<float>();
   }
-  const int64_t* oyp = oy.data_ptr<int64_t>();
-  const int64_t* oxp = ox.data_ptr<int64_t>();
-  const bool* fp = flip.data_ptr<bool>();
+  const int64_t* oyp = oy_c.data_ptr<int64_t>();
+  const int64_t* oxp = ox_c.data_ptr<int64_t>();
+  const bool* fp = flip_c.data_ptr<bool>();
   for (int64_t i = 0; i < B; ++i) {
     TORCH_CHECK(oyp[i] >= 0 && oyp[i] + crop <= H && oxp[i] >= 0 && oxp[i] + crop <= W,
                 "alexnet_augment::crop_normalize: window (", oyp[i], ", ", oxp[i], ") of image ", i,

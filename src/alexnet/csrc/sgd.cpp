@@ -7,7 +7,8 @@
 // velocities and weights in four passes, about 11 x 244 MB per step for the paper's network; here each
 // element is read once and written once (5 x 244 MB). The arithmetic and its rounding are those of the four
 // operations as torch's vectorised CPU kernels compute them (a product, then two fused multiply-adds, then a
-// sum), so both paths give identical weights (tests/test_optim.py).
+// sum), so both paths give identical weights (tests/test_optim.py) wherever torch's kernels fuse their
+// multiply-adds (alexnet.native.vector_fma; elsewhere PaperSGD keeps the tensor operations).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -38,10 +39,12 @@ void paper_step(at::TensorList params, at::TensorList grads, at::TensorList velo
   const float m = static_cast<float>(momentum);
   const float a = static_cast<float>(-weight_decay * lr);
   const float b = static_cast<float>(-lr);
-  for (size_t i = 0; i < params.size(); ++i) {
+  for (size_t i = 0; i < params.size(); ++i) {  // every tensor checked before anything is written
     check(params[i], params[i], "params", i);
     check(grads[i], params[i], "grads", i);
     check(velocities[i], params[i], "velocities", i);
+  }
+  for (size_t i = 0; i < params.size(); ++i) {
     float* __restrict__ w = params[i].data_ptr<float>();
     const float* __restrict__ g = grads[i].data_ptr<float>();
     float* __restrict__ v = velocities[i].data_ptr<float>();

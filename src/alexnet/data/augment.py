@@ -40,6 +40,8 @@ _BUILD_ERROR: list[str] = []
 def fused_crop_available() -> bool:
     """Build (once per machine and source version) and load the fused training crop; False where it cannot be
     built (then the per-image tensor operations run, with the same numbers, and the log says so once)."""
+    if not native.vector_fma():
+        return False
     try:
         native.build("alexnet_augment", native.CSRC / "augment.cpp", ("-ffp-contract=off",))
     except Exception as err:  # a missing compiler must not stop training
@@ -196,7 +198,8 @@ class Augmenter:
         if self.device.type != "cpu" or self.fused is False:
             return False
         if self.fused and not fused_crop_available():
-            raise RuntimeError(f"Augmenter(fused=True): the fused crop could not be built: {_BUILD_ERROR[0]}")
+            why = _BUILD_ERROR[0] if _BUILD_ERROR else "torch's CPU kernels here round a multiply-add twice"
+            raise RuntimeError(f"Augmenter(fused=True): the fused crop is not available: {why}")
         return fused_crop_available()
 
     def center(self, batch: torch.Tensor) -> torch.Tensor:
