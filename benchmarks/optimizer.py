@@ -6,24 +6,11 @@ the same rule as tensor operations, and torch.optim.SGD (foreach and per-paramet
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 
 from alexnet.models import create_model
 from alexnet.optim import PaperSGD, fused_sgd_available
-
-
-def timed(step, repeats: int = 9) -> float:
-    step()
-    step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+from lrn_pool import timed  # this folder is on the path of a script run from it
 
 
 def main() -> None:
@@ -42,7 +29,7 @@ def main() -> None:
                                                       foreach=False),
     }
     for name, opt in optimizers.items():
-        print(f"{name:30s} {timed(opt.step):7.1f} ms")
+        print(f"{name:30s} {timed(opt.step, repeats=9):7.1f} ms")
 
 
 if __name__ == "__main__":

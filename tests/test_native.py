@@ -38,3 +38,22 @@ def test_lrn_kernel_gives_the_same_numbers_on_one_and_two_threads():
         finally:
             torch.set_num_threads(before)
         assert torch.equal(out[1][0], out[2][0]) and torch.equal(out[1][1], out[2][1])
+
+
+def test_a_fused_pass_that_cannot_be_built_says_why_and_training_goes_on(monkeypatch, caplog):
+    from alexnet import native, optim
+
+    def no_compiler(*args, **kwargs):
+        raise OSError("no C++ compiler")
+
+    monkeypatch.setattr(native, "build", no_compiler)
+    with caplog.at_level("WARNING", logger="alexnet.native"):
+        why = native.fused_pass("alexnet_x", native.CSRC / "sgd.cpp", "the fused thing", "the slow thing")
+    assert why == "OSError: no C++ compiler"
+    assert "the fused thing could not be built (OSError: no C++ compiler); using the slow thing" in caplog.text
+    monkeypatch.setattr(optim, "fused_sgd_available", lambda: False)
+    w = torch.ones(4, requires_grad=True)
+    opt = optim.PaperSGD([w], lr=0.5, momentum=0.9, weight_decay=0.0)
+    w.grad = torch.ones(4)
+    opt.step()
+    assert not opt._fusable(w) and torch.equal(w.detach(), torch.full((4,), 0.5))

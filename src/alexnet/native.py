@@ -21,6 +21,8 @@ CSRC = Path(__file__).resolve().parent / "csrc"
 CFLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno")
 LDFLAGS = ("-fopenmp",)
 
+log = logging.getLogger(__name__)
+
 
 def build(stem: str, source: Path, extra_cflags: tuple[str, ...] = ()) -> None:
     """Compile (once per machine, source and flags) and load the operators in `source`; raises what the
@@ -40,6 +42,21 @@ def build(stem: str, source: Path, extra_cflags: tuple[str, ...] = ()) -> None:
         is_python_module=False,
         verbose=False,
     )
+
+
+def fused_pass(stem: str, source: Path, what: str, fallback: str) -> str | None:
+    """Build and load a fused pass that reproduces the rounding of torch's tensor operations (csrc/sgd.cpp,
+    csrc/augment.cpp; compiled without contracting anything but the fused multiply-adds it writes itself).
+    None once it is loaded; otherwise why not, logged once as a warning naming `what` and the `fallback`."""
+    if not vector_fma():
+        return "torch's CPU kernels here round a multiply-add twice"
+    try:
+        build(stem, source, ("-ffp-contract=off",))
+    except Exception as err:  # a missing compiler must not stop training
+        why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        log.warning("%s could not be built (%s); using %s", what, why, fallback)
+        return why
+    return None
 
 
 def vector_fma() -> bool:

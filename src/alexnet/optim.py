@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import copy
 import functools
-import logging
 from collections.abc import Iterable
 
 import torch
 
 from alexnet import native
-
-log = logging.getLogger(__name__)
 
 
 class PaperSGD(torch.optim.Optimizer):
@@ -40,8 +37,7 @@ class PaperSGD(torch.optim.Optimizer):
                 f"PaperSGD: lr={lr}, momentum={momentum}, weight_decay={weight_decay} out of range"
             )
         if fused and not fused_sgd_available():
-            why = _BUILD_ERROR[0] if _BUILD_ERROR else "torch's CPU kernels here round a multiply-add twice"
-            raise RuntimeError(f"PaperSGD(fused=True): the fused update is not available: {why}")
+            raise RuntimeError(f"PaperSGD(fused=True): the fused update is not available: {fused_sgd_unavailable()}")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
         self.fused = fused
 
@@ -91,23 +87,16 @@ class PaperSGD(torch.optim.Optimizer):
         return fused_sgd_available()
 
 
-_BUILD_ERROR: list[str] = []
-
-
 @functools.cache
+def fused_sgd_unavailable() -> str | None:
+    """Build (once per machine and source version) and load the fused update: None, or why it cannot run
+    here (then PaperSGD uses tensor operations, with the same numbers)."""
+    return native.fused_pass("alexnet_sgd", native.CSRC / "sgd.cpp", "the fused SGD update",
+                             "tensor operations (same numbers, about twice the time of the update on the CPU)")
+
+
 def fused_sgd_available() -> bool:
-    """Build (once per machine and source version) and load the fused update; False where it cannot be built
-    (then PaperSGD uses tensor operations, with the same numbers, and says so once in the log)."""
-    if not native.vector_fma():
-        return False
-    try:
-        native.build("alexnet_sgd", native.CSRC / "sgd.cpp", ("-ffp-contract=off",))
-    except Exception as err:  # a missing compiler must not stop training
-        _BUILD_ERROR.append(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
-        log.warning("the fused SGD update could not be built (%s); using tensor operations (same numbers, "
-                    "about twice the time of the update on the CPU)", _BUILD_ERROR[0])
-        return False
-    return True
+    return fused_sgd_unavailable() is None
 
 
 def build_optimizer(params: Iterable, kind: str, lr: float, momentum: float, weight_decay: float):

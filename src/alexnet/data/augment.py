@@ -23,7 +23,6 @@ result (the paper uses 1.0, raw 0..255 minus the mean); ``lighting_std=0`` turns
 from __future__ import annotations
 
 import functools
-import logging
 
 import numpy as np
 import torch
@@ -32,24 +31,18 @@ from alexnet import native
 from alexnet.config import AugmentConfig
 from alexnet.threads import one_intraop_thread
 
-log = logging.getLogger(__name__)
-_BUILD_ERROR: list[str] = []
-
 
 @functools.cache
+def fused_crop_unavailable() -> str | None:
+    """Build (once per machine and source version) and load the fused training crop: None, or why it cannot
+    run here (then the per-image tensor operations run, with the same numbers)."""
+    return native.fused_pass("alexnet_augment", native.CSRC / "augment.cpp", "the fused training crop",
+                             "per-image tensor operations (same numbers, slower)")
+
+
 def fused_crop_available() -> bool:
-    """Build (once per machine and source version) and load the fused training crop; False where it cannot be
-    built (then the per-image tensor operations run, with the same numbers, and the log says so once)."""
-    if not native.vector_fma():
-        return False
-    try:
-        native.build("alexnet_augment", native.CSRC / "augment.cpp", ("-ffp-contract=off",))
-    except Exception as err:  # a missing compiler must not stop training
-        _BUILD_ERROR.append(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
-        log.warning("the fused training crop could not be built (%s); using per-image tensor operations "
-                    "(same numbers, slower)", _BUILD_ERROR[0])
-        return False
-    return True
+    return fused_crop_unavailable() is None
+
 
 # torchvision's ImageNet statistics on the 0..1 scale, used by normalize="channel".
 CHANNEL_MEAN = (0.485, 0.456, 0.406)
@@ -198,8 +191,7 @@ class Augmenter:
         if self.device.type != "cpu" or self.fused is False:
             return False
         if self.fused and not fused_crop_available():
-            why = _BUILD_ERROR[0] if _BUILD_ERROR else "torch's CPU kernels here round a multiply-add twice"
-            raise RuntimeError(f"Augmenter(fused=True): the fused crop is not available: {why}")
+            raise RuntimeError(f"Augmenter(fused=True): the fused crop is not available: {fused_crop_unavailable()}")
         return fused_crop_available()
 
     def center(self, batch: torch.Tensor) -> torch.Tensor:
