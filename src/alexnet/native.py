@@ -44,6 +44,11 @@ def build(stem: str, source: Path, extra_cflags: tuple[str, ...] = ()) -> None:
     )
 
 
+def build_failure(err: BaseException) -> str:
+    """What a failed build says in one line: the exception's type and the first line of its message."""
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+
+
 def fused_pass(stem: str, source: Path, what: str, fallback: str) -> str | None:
     """Build and load a fused pass that reproduces the rounding of torch's tensor operations (csrc/sgd.cpp,
     csrc/augment.cpp; compiled without contracting anything but the fused multiply-adds it writes itself).
@@ -53,7 +58,7 @@ def fused_pass(stem: str, source: Path, what: str, fallback: str) -> str | None:
     try:
         build(stem, source, ("-ffp-contract=off",))
     except Exception as err:  # a missing compiler must not stop training
-        why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        why = build_failure(err)
         log.warning("%s could not be built (%s); using %s", what, why, fallback)
         return why
     return None

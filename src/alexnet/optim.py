@@ -22,10 +22,10 @@ class PaperSGD(torch.optim.Optimizer):
     and decays them by momentum, whereas torch's rescales the whole velocity at once.
 
     ``fused`` (default: where possible) updates float32 CPU parameters with one C++ pass over memory
-    (``csrc/sgd.cpp``, built on first use; 22 instead of 50 ms a step for the paper's network on a 2-core
-    machine), with the same arithmetic and rounding as the tensor operations used everywhere else
-    (``fused=False``, other devices and dtypes, where no compiler is available or where torch's kernels round
-    a multiply-add twice, see `alexnet.native.vector_fma`): identical weights.
+    (``csrc/sgd.cpp``, built on first use; 24.5 instead of 52.7 ms a step for the paper's network on a
+    2-core machine, `benchmarks/optimizer.py`), with the same arithmetic and rounding as the tensor operations
+    used everywhere else (``fused=False``, other devices and dtypes, where no compiler is available or where
+    torch's kernels round a multiply-add twice, see `alexnet.native.vector_fma`): identical weights.
     """
 
     def __init__(
@@ -53,8 +53,11 @@ class PaperSGD(torch.optim.Optimizer):
             lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
             params = [p for p in group["params"] if p.grad is not None]
             for p in params:
-                if "velocity" not in self.state[p]:
+                v = self.state[p].get("velocity")
+                if v is None:
                     self.state[p]["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                elif v.shape == p.shape and v.stride() != p.stride():  # from a checkpoint of the other layout:
+                    self.state[p]["velocity"] = torch.empty_like(p).copy_(v)  # laid out as p, same values
             fused = [self._fusable(p) for p in params]
             if any(fused):
                 ps = [p for p, f in zip(params, fused, strict=True) if f]
@@ -72,18 +75,14 @@ class PaperSGD(torch.optim.Optimizer):
 
     def _fusable(self, p: torch.Tensor) -> bool:
         """Whether the C++ pass can update `p`: a dense float32 CPU tensor whose gradient and velocity are
-        laid out as it is (channels-last weights included). A velocity in another layout (a checkpoint written
-        from another layout) is laid out as its parameter once, with the same values."""
-        g = p.grad
+        laid out as it is (channels-last weights included)."""
+        g, v = p.grad, self.state[p]["velocity"]
         if (self.fused is False or p.device.type != "cpu" or p.dtype != torch.float32 or g is None
                 or g.layout != torch.strided or g.dtype != torch.float32 or g.stride() != p.stride()
                 or not (p.is_contiguous() or p.is_contiguous(memory_format=torch.channels_last))):
             return False
-        v = self.state[p]["velocity"]
-        if v.device != p.device or v.dtype != p.dtype or v.shape != p.shape:
+        if v.device != p.device or v.dtype != p.dtype or v.shape != p.shape or v.stride() != p.stride():
             return False
-        if v.stride() != p.stride():
-            v = self.state[p]["velocity"] = torch.empty_like(p).copy_(v)
         return fused_sgd_available()
 
 

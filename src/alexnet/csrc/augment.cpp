@@ -48,8 +48,8 @@ at::Tensor crop_normalize(const at::Tensor& batch, const std::optional<at::Tenso
   at::Tensor mean_c;
   if (mean.has_value()) {
     mean_c = mean->contiguous();
-    TORCH_CHECK(mean_c.device().is_cpu() && mean_c.scalar_type() == at::kFloat && mean_c.dim() == 3 && mean_c.size(0) == 3 &&
-                    mean_c.size(1) == H && mean_c.size(2) == W,
+    TORCH_CHECK(mean_c.device().is_cpu() && mean_c.scalar_type() == at::kFloat && mean_c.dim() == 3 &&
+                    mean_c.size(0) == 3 && mean_c.size(1) == H && mean_c.size(2) == W,
                 "alexnet_augment::crop_normalize: mean must be a float32 (3, ", H, ", ", W, ") tensor, got ",
                 mean_c.scalar_type(), " ", mean_c.sizes());
     m = mean_c.data_ptr<float>();
@@ -68,21 +68,20 @@ at::Tensor crop_normalize(const at::Tensor& batch, const std::optional<at::Tenso
   const float* offp = off.data_ptr<float>();
   const float* scp = sc.data_ptr<float>();
   float* dst = out.data_ptr<float>();
-  const int64_t plane = H * W;
+  const int64_t plane = H * W, o_step = channels_last ? 3 : 1;
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t y0 = oyp[i], x0 = oxp[i];
-      const bool f = fp[i];
+      const int64_t y0 = oyp[i];
+      // the crop's first source column, and the step along it (-1: reflected)
+      const int64_t start = fp[i] ? oxp[i] + crop - 1 : oxp[i], step = fp[i] ? -1 : 1;
       for (int64_t c = 0; c < 3; ++c) {
         const float s = scp[c], o = offp[i * 3 + c];
         const uint8_t* img = src + (i * 3 + c) * plane;
         const float* mc = m != nullptr ? m + c * plane : nullptr;
         for (int64_t y = 0; y < crop; ++y) {
           const int64_t row = (y0 + y) * W;
-          // the crop's first source column, and the step along it (-1: reflected)
-          const int64_t start = f ? x0 + crop - 1 : x0, step = f ? -1 : 1;
-          float* o_row = channels_last ? dst + ((i * crop + y) * crop) * 3 + c : dst + ((i * 3 + c) * crop + y) * crop;
-          const int64_t o_step = channels_last ? 3 : 1;
+          float* o_row = channels_last ? dst + ((i * crop + y) * crop) * 3 + c
+                                       : dst + ((i * 3 + c) * crop + y) * crop;
           for (int64_t x = 0; x < crop; ++x) {
             const int64_t sx = row + start + step * x;
             float t = static_cast<float>(img[sx]);

@@ -104,7 +104,7 @@ def cpp_kernel_available() -> bool:
     try:
         native.build("alexnet_lrn", _SOURCE)
     except Exception as err:  # a missing compiler or ninja must not stop training: fall back.
-        _BUILD_ERROR.append(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        _BUILD_ERROR.append(native.build_failure(err))
         if mode == "cpp":
             raise RuntimeError(f"building the LRN kernel from {_SOURCE} failed: {err}") from err
         warnings.warn(
