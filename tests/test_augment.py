@@ -186,5 +186,24 @@ def test_fused_crop_names_a_window_outside_the_image() -> None:
     oy, ox = torch.zeros(b, dtype=torch.long), torch.zeros(b, dtype=torch.long)
     ox[3] = S - C + 1
     with pytest.raises(RuntimeError, match=r"window \(0, 7\) of image 3 leaves the 20x20 image"):
-        torch.ops.alexnet_augment.crop_normalize(images, mean, oy, ox, torch.zeros(b, dtype=torch.bool),
+        torch.ops.alexnet_augment.crop_normalize(images, None, mean, oy, ox, torch.zeros(b, dtype=torch.bool),
                                                  torch.zeros(b, 3), torch.ones(3), True, C, False)
+    with pytest.raises(RuntimeError, match=rf"index\[1\] = {b} is outside the {b} images held"):
+        torch.ops.alexnet_augment.crop_normalize(images, torch.tensor([0, b]), mean, oy[:2], oy[:2],
+                                                 torch.zeros(2, dtype=torch.bool), torch.zeros(2, 3), torch.ones(3),
+                                                 True, C, False)
+
+
+@pytest.mark.parametrize("path", ["fused", "loop"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_split_gathered_by_the_crop_gives_the_batch_copied_out_first(path: str, channels_last: bool) -> None:
+    """Augmenter.train(split, gen, index=...) equals the crop of split[index] (the fused pass reads the split
+    itself; the tensor path copies the batch out), repeated and unsorted indices included."""
+    images, mean = _data()
+    vals, vecs = _eigen()
+    cfg = AugmentConfig(crop=C, lighting_std=0.1, input_scale=3.0)
+    aug = _augmenter(path, cfg, mean=mean, eigvals=vals, eigvecs=vecs, channels_last=channels_last)
+    index = torch.tensor([5, 0, 7, 5, 2])
+    gathered = aug.train(images, batch_generator(1, 0, 3), index=index)
+    copied = aug.train(images[index], batch_generator(1, 0, 3))
+    assert gathered.shape == (5, 3, C, C) and torch.equal(gathered, copied)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from alexnet.benchmark import overall_rate
+from alexnet.benchmark import epoch_rates, overall_rate, paired_ratio
 
 
 def test_the_end_to_end_rate_weighs_each_epoch_by_its_images(tmp_path):
@@ -13,6 +13,14 @@ def test_the_end_to_end_rate_weighs_each_epoch_by_its_images(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text("".join(json.dumps(r) + "\n" for r in lines))
     assert overall_rate(metrics) == pytest.approx(1.5 / 1.25 * 100.0)  # 120, not the last record's 200
+    assert epoch_rates(metrics) == [100.0]  # the steady-state rate is a whole epoch's
+
+
+def test_the_paired_ratio_is_the_median_of_each_rounds_ratio():
+    # the machine slows down by half in round 2: each round's ratio is 2, the median rates' ratio is not
+    ours, theirs = [1.0, 2.0, 1.1], [2.0, 4.0, 2.2]
+    assert paired_ratio(ours, theirs) == pytest.approx(2.0)
+    assert paired_ratio([1.0, 1.0, 3.0], [1.0, 2.0, 3.0]) == pytest.approx(1.0)
 
 
 def test_the_gpu_script_parses_checks_first_and_carries_the_records_in():

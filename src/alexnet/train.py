@@ -162,11 +162,14 @@ def _fit(config: Config, paths: RunPaths, resume: bool, pretrained: str | os.Pat
     autocast = autocast_context(process.device, config.run.precision)
     train_step = TrainStep(forward, run.optimizer, run.schedule.lr, autocast, channels_last,
                            config.optim.label_smoothing)
+    gathered_by_crop = run.train_batches.in_memory and process.device.type == "cpu"
     with control.stopper.installed(), RunLogger(paths, pos.epoch, process.is_main) as logger:
         last = min(config.run.epochs, until_epoch) if until_epoch is not None else config.run.epochs
         while pos.epoch < last and not control.stopping:
-            data = EpochData(pos.epoch, run.train_batches.epoch(pos.epoch, pos.batch),
-                             partial(_augment, run, pos.epoch), run.steps_per_epoch, pos.batch)
+            # A split held in CPU memory is gathered by the crop itself (Augmenter.train's index).
+            source = run.train_batches.images if gathered_by_crop else None
+            data = EpochData(pos.epoch, run.train_batches.epoch(pos.epoch, pos.batch, gather=source is None),
+                             partial(_augment, run, pos.epoch, source), run.steps_per_epoch, pos.batch)
             pos.step, _ = train_one_epoch(train_step, data, pos.stats, pos.step,
                                           should_stop=partial(_after_step, run, pos, control, paths),
                                           progress=progress and process.is_main, world_size=process.world_size)
@@ -198,9 +201,13 @@ def _planned_epochs(run: Run, pos: Position) -> float:
     return round(pos.plan["total_steps"] / run.steps_per_epoch, 2) if pos.plan else run.config.run.epochs
 
 
-def _augment(run: Run, epoch: int, images: torch.Tensor, batch_idx: int) -> torch.Tensor:
+def _augment(run: Run, epoch: int, source: torch.Tensor | None, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+    """The training batch `batch_idx` of `epoch`: `batch` is its images, or, with a `source` split, its
+    indices into it."""
     gen = batch_generator(run.config.run.seed, epoch, batch_idx, run.process.device, run.process.rank)
-    return run.augmenter.train(images, gen)
+    if source is not None:
+        return run.augmenter.train(source, gen, index=batch)
+    return run.augmenter.train(batch, gen)
 
 
 def _after_step(run: Run, pos: Position, control: StopRules, paths: RunPaths, step: int, next_batch: int) -> bool:

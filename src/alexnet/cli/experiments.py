@@ -28,7 +28,7 @@ def _benchmark(args: argparse.Namespace) -> int:
     from alexnet.demo import demo_store
 
     store = args.store or demo_store()
-    result = run_benchmark(store, rounds=args.rounds, e2e_steps=args.steps,
+    result = run_benchmark(store, rounds=args.rounds, e2e_epochs=args.epochs,
                            log=(lambda line: print(line, file=sys.stderr)) if args.json else print)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -38,8 +38,10 @@ def _benchmark(args: argparse.Namespace) -> int:
 def add_benchmark(sub, shared: Parents) -> None:
     p = add_command(sub, "benchmark", func=_benchmark)
     p.add_argument("--store", default=None, help="prepared Imagenette store (default: the demo's, prepared once)")
-    p.add_argument("--rounds", type=int, default=3, help="alternating timed rounds (the median is kept)")
-    p.add_argument("--steps", type=int, default=200, help="steps of the real training loop")
+    p.add_argument("--rounds", type=int, default=6,
+                   help="alternating timed rounds, one step of each configuration a round (medians are kept)")
+    p.add_argument("--epochs", type=int, default=2,
+                   help="whole epochs of the real training loop, in memory and streamed (the last one is compared)")
     # Not the shared --json: its help says where the progress goes, so that stdout can be redirected.
     p.add_argument("--json", action="store_true", help="print the results as JSON (progress on stderr)")
 

@@ -145,14 +145,20 @@ class Augmenter:
         # avoids per-image kernel launches and host synchronisation on accelerators.
         self._crop = self._crop_loop if self.device.type == "cpu" else self._crop_batched
 
-    def train(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def train(self, batch: torch.Tensor, generator: torch.Generator, index: torch.Tensor | None = None) -> torch.Tensor:
         """Random crop, reflection, lighting and normalisation: uint8 (B,3,S,S) -> float32 (B,3,c,c),
         channels-last in memory when the augmenter was made with ``channels_last``.
+
+        With ``index`` (int64 (B,)), ``batch`` holds a whole split (N,3,S,S) and the batch is its images
+        ``index``, gathered by the fused crop as it reads them (elsewhere copied out first; the same numbers).
 
         Draws, in this order from ``generator``: row offsets, column offsets (when random_crop),
         reflections (when flip), lighting coefficients (when lighting_std > 0).
         """
-        b, h, w = self._check(batch)
+        if index is not None and not self._fused_crop():
+            batch, index = batch.index_select(0, index.to(batch.device)), None
+        _, h, w = self._check(batch)
+        b = batch.shape[0] if index is None else index.shape[0]
         c = self.cfg.crop
         if generator.device.type != self.device.type:
             raise ValueError(
@@ -179,7 +185,7 @@ class Augmenter:
         offset = bias.view(b, 3, 1, 1) * self._scale
         if self._fused_crop():
             mean = None if self._mean_pair is None else self._mean_pair[0]
-            return torch.ops.alexnet_augment.crop_normalize(batch.contiguous(), mean, oy, ox, flip, offset,
+            return torch.ops.alexnet_augment.crop_normalize(batch.contiguous(), index, mean, oy, ox, flip, offset,
                                                             self._scale, self._unit_scale, c, self.channels_last)
         out = torch.empty(b, 3, c, c, device=dev)
         if self.channels_last:

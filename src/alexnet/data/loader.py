@@ -295,14 +295,19 @@ class TrainBatches(_Batches):
         start = batch_idx * self.batch_size * self.world_size + self.rank * self.batch_size
         return perm[start : start + self.batch_size]
 
-    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int, start_batch: int = 0, gather: bool = True
+              ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """Yield ``(batch_idx, images uint8 (B,3,S,S), labels int64 (B,))`` on the device.
 
         ``start_batch`` skips the batches a checkpoint already consumed; the rest are identical
-        to those of an uninterrupted epoch.
+        to those of an uninterrupted epoch. ``gather=False`` (in memory only) yields the batch's indices
+        into ``self.images`` (int64 (B,)) in place of its images, for a consumer that gathers them itself
+        (`Augmenter.train`'s ``index``).
         """
         if not 0 <= start_batch <= self._len:
             raise ValueError(f"start_batch {start_batch} is outside this epoch's [0, {self._len}] batches")
+        if not gather and not self.in_memory:
+            raise ValueError("TrainBatches.epoch(gather=False) needs the split in memory (in_memory=True)")
         perm = epoch_permutation(self.n, self.seed, epoch)
         steps = range(start_batch, self._len)
         if self.in_memory:
@@ -310,6 +315,9 @@ class TrainBatches(_Batches):
             single = one_intraop_thread if self.device.type == "cpu" else contextlib.nullcontext
             for k in steps:
                 idx = self._rank_indices(perm, k)
+                if not gather:
+                    yield k, idx, self.labels.index_select(0, idx)
+                    continue
                 with single():  # 128 row copies: robust to a busy core, see one_intraop_thread
                     batch = self.images.index_select(0, idx), self.labels.index_select(0, idx)
                 yield k, *batch
