@@ -19,8 +19,8 @@ def _benchmark(args: argparse.Namespace) -> int:
 
     Training steps (fp32, bf16) of the paper net, the paper net without LRN and torchvision's AlexNet in turn; centre
     and ten-crop inference; GFLOP/s against a matmul peak; our input pipeline vs torchvision's reference; the real
-    training loop vs the model-only rate with peak anonymous memory. About 5 minutes on the 2-core development machine,
-    twice that on one half as fast.
+    training loop (a split in memory, and streamed from disk) vs the same network on one batch, with peak anonymous
+    memory. About 9 minutes on the 2-core development machine, twice that on one half as fast.
 
     example: alexnet benchmark --json > bench.json
     """
