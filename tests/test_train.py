@@ -121,6 +121,18 @@ def test_until_epoch_pauses_and_the_resumed_run_is_the_uninterrupted_one(store, 
     assert [m["lr"] for m in ref["metrics"]] == [m["lr"] for m in got["metrics"]]
 
 
+def test_a_split_in_memory_trains_as_one_streamed_from_disk(store, tmp_path):
+    """In memory on the CPU the crop gathers each batch from the split itself (Augmenter.train's index);
+    streamed, the loader copies the batch out first: the same batches, so the same run to the last bit."""
+    runs = {}
+    for in_memory in ("true", "false"):
+        config = tiny_config(store, f"data.in_memory={in_memory}", "run.epochs=1", "data.lighting_std=0.1")
+        fit(config, tmp_path / in_memory, progress=False)
+        runs[in_memory] = load_checkpoint(tmp_path / in_memory / "checkpoints" / "latest.pt")
+    for k, v in runs["true"]["model"].items():
+        assert torch.equal(v, runs["false"]["model"][k]), k
+
+
 def test_a_format_1_run_resumes_as_it_was_trained(store, tmp_path):
     """A run folder written by checkpoint format 1 (its checkpoint and config.toml without the keys format 2
     added) resumes with inverted dropout and decayed biases, as it was trained: it ends as the run that had
