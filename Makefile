@@ -63,7 +63,7 @@ docs: $(STAMP)
 	rm -rf docs/results && cp -r experiments/results docs/results
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
-# Ours vs torchvision's in one run on this machine (about 5 minutes on 2 cores); JSON into benchmarks/results.
+# Ours vs torchvision's in one run on this machine (about 9 minutes on 2 cores); JSON into benchmarks/results.
 bench: $(STAMP)
 	mkdir -p benchmarks/results/local
 	$(BIN)/alexnet benchmark --json > benchmarks/results/local/benchmark.json

@@ -301,13 +301,16 @@ def test_the_paper_network_computes_the_same_on_channels_last_maps():
     torch.testing.assert_close(outs[1][1], outs[0][1], rtol=1e-3, atol=1e-4)
 
 
-def test_channels_last_is_chosen_on_a_cpu_with_amx(monkeypatch):
+def test_channels_last_is_chosen_on_a_cpu_with_avx512(monkeypatch):
     from alexnet import info
 
     monkeypatch.setattr(info, "cpu_flags", lambda: ["avx512f", "avx512_bf16", "amx_bf16", "amx_tile"])
     assert info.channels_last_by_default(torch.device("cpu"), "bf16")
     assert info.channels_last_by_default(torch.device("cpu"), "fp32")
     assert not info.channels_last_by_default(torch.device("cuda"), "bf16")
-    monkeypatch.setattr(info, "cpu_flags", lambda: ["avx512f", "avx512_bf16"])
+    monkeypatch.setattr(info, "cpu_flags", lambda: ["avx2", "avx512f", "avx512_bf16"])  # AMD Zen 4
+    assert info.channels_last_by_default(torch.device("cpu"), "bf16")
+    assert info.channels_last_by_default(torch.device("cpu"), "fp32")
+    monkeypatch.setattr(info, "cpu_flags", lambda: ["avx2"])
     assert not info.channels_last_by_default(torch.device("cpu"), "bf16")
     assert not info.channels_last_by_default(torch.device("cpu"), "fp32")

@@ -51,11 +51,12 @@ def cpu_flags() -> list[str]:
 
 
 def channels_last_by_default(device: torch.device, precision: str) -> bool:
-    """What `run.channels_last` left unset means: channels-last maps on a CPU with AMX, where they were measured
-    faster in both precisions (bf16: oneDNN's AMX convolutions; fp32: its AVX-512 convolutions and the
-    hand-vectorised channels-last LRN kernel; docs/performance.md); the plain layout everywhere else, where no
-    measurement has shown a gain."""
-    return device.type == "cpu" and precision in ("bf16", "fp32") and "amx_bf16" in cpu_flags()
+    """What `run.channels_last` left unset means: channels-last maps on a CPU with AVX-512, where they were
+    measured faster in both precisions (with AMX, an Intel Xeon: oneDNN's AMX bf16 convolutions and its AVX-512
+    fp32 ones; without, an AMD EPYC Zen 4: its AVX-512 convolutions in both; on both, the hand-vectorised
+    channels-last LRN kernel; docs/performance.md); the plain layout everywhere else, where no measurement has
+    shown a gain."""
+    return device.type == "cpu" and precision in ("bf16", "fp32") and "avx512f" in cpu_flags()
 
 
 def environment(device: str = "auto") -> dict:
