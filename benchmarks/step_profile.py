@@ -1,6 +1,6 @@
 """Where a training step's time goes: ours vs torchvision's (torch.profiler, CPU, batch 128).
 
-    .venv/bin/python benchmarks/step_profile.py [--precision fp32|bf16] [--top 22]
+    .venv/bin/python benchmarks/step_profile.py [--precision fp32|bf16] [--channels-last] [--top 22]
 
 Run it under the allocator the `alexnet` command uses (mimalloc, see src/alexnet/allocator.py), e.g. with
 LD_PRELOAD pointing at the cmeel-mimalloc wheel's libmimalloc.so, or the numbers carry glibc's page faults.
@@ -23,11 +23,14 @@ from alexnet.models import create_model
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    parser.add_argument("--channels-last", action="store_true", help="both nets and the batch channels-last")
     parser.add_argument("--top", type=int, default=22)
     args = parser.parse_args()
     torch.manual_seed(0)
-    x, y = torch.randn(128, 3, 224, 224), torch.randint(0, 1000, (128,))
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    x, y = torch.randn(128, 3, 224, 224).to(memory_format=layout), torch.randint(0, 1000, (128,))
     for name, model in (("alexnet", create_model("alexnet")), ("torchvision", torchvision.models.alexnet())):
+        model = model.to(memory_format=layout)
         opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
         def step(model=model, opt=opt) -> None:
@@ -44,7 +47,7 @@ def main() -> None:
             step()
         events = prof.key_averages(group_by_input_shape=True)
         total = sum(e.self_cpu_time_total for e in events) / 2 / 1e3
-        print(f"== {name}, {args.precision}: {total:.0f} ms of operator time per step")
+        print(f"== {name}, {args.precision}, {'channels-last' if args.channels_last else 'NCHW'}: {total:.0f} ms of operator time per step")
         for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[: args.top]:
             ms = e.self_cpu_time_total / 2 / 1e3
             shapes = ", ".join(str(tuple(s)) for s in e.input_shapes if s)
