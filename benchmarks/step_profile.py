@@ -47,7 +47,8 @@ def main() -> None:
             step()
         events = prof.key_averages(group_by_input_shape=True)
         total = sum(e.self_cpu_time_total for e in events) / 2 / 1e3
-        print(f"== {name}, {args.precision}, {'channels-last' if args.channels_last else 'NCHW'}: {total:.0f} ms of operator time per step")
+        where = "channels-last" if args.channels_last else "NCHW"
+        print(f"== {name}, {args.precision}, {where}: {total:.0f} ms of operator time per step")
         for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[: args.top]:
             ms = e.self_cpu_time_total / 2 / 1e3
             shapes = ", ".join(str(tuple(s)) for s in e.input_shapes if s)

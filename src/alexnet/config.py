@@ -184,7 +184,8 @@ class RunConfig:
     the paper's plateau schedule needs every epoch.
     `model_parallel = 2` places the two towers on two devices as the paper's Figure 2.
     `channels_last` lays the maps out channels-last (NHWC); unset, the run chooses
-    (`alexnet.info.channels_last_by_default`: on a CPU with AVX-512, both precisions) and records its choice in config.toml.
+    (`alexnet.info.channels_last_by_default`: on a CPU with AVX-512, both precisions) and records its choice in
+    config.toml.
     """
 
     epochs: int = 90
