@@ -43,7 +43,7 @@ def test_paper_recipe_end_to_end(tmp_path):
     assert results["config"]["paper"]["schedule"]["kind"] == "plateau"
     assert results["config"]["paper-init"]["model"]["init"] == "paper"  # TINY's init, as for every recipe
     assert results["config"]["demo"]["schedule"]["kind"] == "linear"
-    assert "paper:" in results["table"]["ours"] and "**reduced**" in results["table"]["setting"]
+    assert "paper:" in results["table"]["ours"] and "paper-init" in results["table"]["setting"]
     paper_recipe.plot(results, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 5_000
 

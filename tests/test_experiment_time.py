@@ -36,7 +36,7 @@ def test_time_to_accuracy_end_to_end(tmp_path):
         assert all(a is not None for a in r["val_top1_accuracy"])  # validated after every epoch
         assert r["epochs_trained"] <= 2
     assert set(results["targets"]) == {"60", "70"}
-    assert "**reduced**" in results["table"]["setting"]
+    assert results["table"]["setting"] == "demo recipe, validated after every epoch"
     again = Runner(tmp_path / "runs")
     assert tta.run_experiment(again, 2, budget, (f"data.store={store}", *TINY))["runs"] == results["runs"]
     assert again.trained_now == []  # both runs finished: nothing trained again

@@ -38,3 +38,15 @@ def test_claims_carry_verdicts_and_each_experiment_one_settings_row(tmp_path):
     assert "| second ([plot](results/x.png)) | p | o | not judged (results file older than verdicts) |" in claims
     assert settings.count("](results/a.json)") == 1
     assert "| cpu (**reduced**: short); s | 1.0 min | `alexnet experiment x` |" in settings
+
+
+def test_a_settings_row_names_its_budget_once(tmp_path):
+    """Older results files repeat the budget in their rows' setting; the settings table shows it once."""
+    results = tmp_path / "results"
+    results.mkdir()
+    old = _results("old")
+    old["table"]["setting"] = "budget cpu (**reduced**: short); demo recipe"
+    (results / "a.json").write_text(json.dumps(old))
+    text = write_table(tmp_path).read_text()
+    assert "| cpu (**reduced**: short); demo recipe | 1.0 min |" in text
+    assert text.count("**reduced**: short") == 1

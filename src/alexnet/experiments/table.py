@@ -73,6 +73,8 @@ def settings_row(name: str, results: dict) -> str:
     budget = results.get("budget", {})
     what = f"{budget.get('name', '?')}" + (f" (**reduced**: {budget['note']})" if budget.get("reduced") else "")
     shared = _rows(results)[0].get("setting")
+    if shared and shared.startswith(f"budget {what}"):  # results written when rows repeated their budget
+        shared = shared.removeprefix(f"budget {what}").removeprefix("; ")
     if shared:
         what += f"; {shared}"
     cells = [f"[{results.get('experiment', Path(name).stem)}](results/{name})", _hardware(results), what,
