@@ -33,6 +33,7 @@ def test_the_gpu_script_parses_checks_first_and_carries_the_records_in():
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     text = script.read_text()
     assert text.index("Section 1") < text.index("model_step.py") < text.index("Section 2")
-    assert text.index("cp -r experiments/records") < text.index("alexnet experiment relu-vs-tanh")
-    for name in ("relu-vs-tanh", "ablations", "lrn-cifar"):
-        assert f"alexnet experiment {name}" in text and "timeout" in text
+    calls = [line.split()[2] for line in text.splitlines() if line.startswith("experiment ")]
+    assert calls == ["relu-vs-tanh", "ablations", "lrn-cifar", "paper-recipe", "time-to-accuracy"]
+    assert text.index("cp -r experiments/records") < text.index("experiment() {") < text.index("experiment \"")
+    assert 'timeout "$cap"' in text and "--budget cpu" not in text
