@@ -219,6 +219,19 @@ def test_records_outlive_the_runs_folder_and_a_changed_config_trains_again(tmp_p
     assert json.loads((records / "run.json").read_text())["config"]["optim"]["lr"] == 0.003
 
 
+def test_a_record_names_the_code_its_process_started_with(tmp_path, store, monkeypatch):
+    """A commit made while a run trains changes the checkout, not the loaded code: the record keeps the
+    version the Runner saw when it was created."""
+    from alexnet.experiments import runner as runner_module
+
+    started = {"alexnet": "0.1.0", "commit": "a" * 40, "dirty": False}
+    monkeypatch.setattr(runner_module, "code_version", lambda: started)
+    runner = Runner(tmp_path / "runs", log=lambda line: None, records=tmp_path / "records")
+    monkeypatch.setattr(runner_module, "code_version", lambda: {**started, "commit": "b" * 40})
+    runner.run(RunSpec("run", "relu", tiny_config(store, "run.epochs=1", *SMOKE)))
+    assert json.loads((tmp_path / "records" / "run.json").read_text())["code_version"] == started
+
+
 def test_a_record_compares_the_store_by_its_name_not_its_path():
     from alexnet.config import load_config
     from alexnet.experiments.records import comparable_config, pack_bits, unpack_bits

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 
 from alexnet.experiments import ablations, lrn_cifar, paper_recipe, relu_vs_tanh, time_to_accuracy
-from alexnet.experiments.runner import Runner, code_version
+from alexnet.experiments.runner import Runner
 from alexnet.experiments.table import write_table
 from alexnet.fsutil import write_json
 
@@ -83,7 +83,7 @@ def run(
     env = environment(device)
     results.update({
         "command": command or f"alexnet experiment {name} --seeds {seeds} --budget {budget}",
-        "code_version": code_version(),
+        "code_version": runner.code_version,
         "hardware": {k: env[k] for k in ("cpu", "cores", "threads", "device", "gpu", "allocator", "torch")},
         "environment": env,
         "runs_dir": str(runs_dir),

@@ -119,6 +119,9 @@ class Runner:
         self.log = log
         self.on_finished = on_finished
         self.records = Path(records) if records is not None else None
+        # the code this process runs, as it was when the process started: a checkout changed while a run is
+        # under way (a commit, an edit) changes the files, not the modules already loaded
+        self.code_version = code_version()
         self.trained_now: list[str] = []  # keys this Runner trained (rather than found finished)
         self.from_records: list[str] = []  # keys whose outcome came from a record
 
@@ -234,7 +237,7 @@ class Runner:
         from alexnet.info import cpu_model
 
         fields = {k: v for k, v in asdict(outcome).items() if k not in ("key", "run_dir")}
-        fields.update(code_version=code_version(), cpu=cpu_model(), threads=_threads())
+        fields.update(code_version=self.code_version, cpu=cpu_model(), threads=_threads())
         write_record(self.records, spec.key, fields, spec.config)
 
 
