@@ -20,7 +20,7 @@ import torch
 from alexnet.cli import main as cli_main
 from alexnet.experiments import relu_vs_tanh as rvt
 from alexnet.experiments import run as run_experiment
-from alexnet.experiments.runner import OUTCOME_FILE, Runner, RunOutcome, RunSpec
+from alexnet.experiments.runner import OUTCOME_FILE, Runner, RunOutcome, RunSpec, runs_per_machine
 from alexnet.models import create_model
 from helpers_train import alexnet_cmd, env_one_thread, make_store, tiny_config
 
@@ -204,10 +204,17 @@ def test_records_outlive_the_runs_folder_and_a_changed_config_trains_again(tmp_p
     outcome = first.run(spec)
     assert first.extra(outcome, "answer", lambda o: {"value": 42}) == {"value": 42}
     assert first.trained_now == ["run"] and (records / "run.json").is_file()
+    from alexnet.info import cpu_model
+
+    record = json.loads((records / "run.json").read_text())
+    assert record["machine"] == record["cpu"] == cpu_model() and first.machines == {"run": cpu_model()}
+    (records / "run.json").write_text(json.dumps({**record, "machine": "Another CPU"}))
     shutil.rmtree(tmp_path / "runs")  # another machine: only the committed records are there
     second = Runner(tmp_path / "runs", log=lambda line: None, records=records)
     again = second.run(spec)
     assert second.trained_now == [] and second.from_records == ["run"]
+    assert second.machines == {"run": "Another CPU"}  # where the run trained, not where it was read
+    assert runs_per_machine({"a": "X", "b": "Y", "c": "Y"}) == {"Y": 2, "X": 1}
     assert again.metrics == outcome.metrics and again.facts == {"lr": 0.01} and again.wall_s == outcome.wall_s
     assert second.extra(again, "answer", lambda o: 0) == {"value": 42}
     with pytest.raises(FileNotFoundError, match="delete .*run.json to train the run again"):

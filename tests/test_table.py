@@ -50,3 +50,18 @@ def test_a_settings_row_names_its_budget_once(tmp_path):
     text = write_table(tmp_path).read_text()
     assert "| cpu (**reduced**: short); demo recipe | 1.0 min |" in text
     assert text.count("**reduced**: short") == 1
+
+
+def test_runs_from_several_machines_are_each_named_with_their_count(tmp_path):
+    """Records carry runs across machines: the settings row names every machine that trained a run."""
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "one.json").write_text(json.dumps(_results("here only", machines={"CPU": 3})))
+    (results / "two.json").write_text(json.dumps(_results("mixed", machines={"CPU": 10, "Other CPU": 1})))
+    (results / "old.json").write_text(json.dumps(_results("before machines were kept")))
+    text = write_table(tmp_path).read_text()
+    settings = text.split("How each experiment ran")[1]
+    row = {name: next(line for line in settings.splitlines() if f"](results/{name}.json)" in line)
+           for name in ("one", "two", "old")}
+    assert "| CPU, 2 cores (cpu, torch 2.14.1) |" in row["one"] and "| CPU, 2 cores (cpu, torch 2.14.1) |" in row["old"]
+    assert "| CPU: 10 runs, Other CPU: 1 run (results written on CPU, 2 cores, torch 2.14.1) |" in row["two"]

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 
 from alexnet.experiments import ablations, lrn_cifar, paper_recipe, relu_vs_tanh, time_to_accuracy
-from alexnet.experiments.runner import Runner
+from alexnet.experiments.runner import Runner, runs_per_machine
 from alexnet.experiments.table import write_table
 from alexnet.fsutil import write_json
 
@@ -88,6 +88,7 @@ def run(
         "environment": env,
         "runs_dir": str(runs_dir),
         "trained_in_this_call": list(runner.trained_now),
+        "machines": runs_per_machine(runner.machines),
         "from_records": list(runner.from_records),
         "this_call_wall_s": time.monotonic() - t0,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

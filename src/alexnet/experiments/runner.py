@@ -124,6 +124,7 @@ class Runner:
         self.code_version = code_version()
         self.trained_now: list[str] = []  # keys this Runner trained (rather than found finished)
         self.from_records: list[str] = []  # keys whose outcome came from a record
+        self.machines: dict[str, str] = {}  # run key -> the machine that trained it (its CPU model, or its GPU)
 
     def finished(self, key: str) -> RunOutcome | None:
         """The stored outcome of run `key`, or None while it is not finished."""
@@ -147,8 +148,11 @@ class Runner:
             outcome = self._from_record(spec, record)
             if outcome.status == "diverged" or _complete(spec, outcome.metrics):
                 self.from_records.append(spec.key)
+                # records before 2026-12-06 name only the CPU; every one of them ran on a CPU
+                self.machines[spec.key] = record.get("machine") or record.get("cpu") or "unknown"
                 return _prefix(spec, outcome)
             # the spec asks more epochs than the record holds: continue the run folder (or train it anew)
+        self.machines[spec.key] = machine(spec.config.run.device)
         stored = self.finished(spec.key)
         if stored is not None and (stored.status == "diverged" or _complete(spec, stored.metrics)):
             outcome = stored if stored.status == "diverged" else _prefix(spec, stored)
@@ -237,8 +241,28 @@ class Runner:
         from alexnet.info import cpu_model
 
         fields = {k: v for k, v in asdict(outcome).items() if k not in ("key", "run_dir")}
-        fields.update(code_version=self.code_version, cpu=cpu_model(), threads=_threads())
+        fields.update(code_version=self.code_version, cpu=cpu_model(), machine=machine(spec.config.run.device),
+                      threads=_threads())
         write_record(self.records, spec.key, fields, spec.config)
+
+
+def runs_per_machine(machines: dict[str, str]) -> dict[str, int]:
+    """{machine: how many of the runs it trained}, the most runs first (ties by name)."""
+    counts: dict[str, int] = {}
+    for name in machines.values():
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def machine(device: str) -> str:
+    """What a run on `device` ran on, for the experiments' tables: the GPU's name on CUDA, else the CPU model."""
+    import torch
+
+    from alexnet.distributed import resolve_device
+    from alexnet.info import cpu_model
+
+    dev = resolve_device(device)
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model()
 
 
 def _threads() -> int:

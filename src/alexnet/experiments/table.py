@@ -41,9 +41,16 @@ UNJUDGED = "not judged (results file older than verdicts)"
 
 
 def _hardware(results: dict) -> str:
+    """Where the runs trained. Records carry a run across machines, so when the runs came from more than the
+    machine that wrote the results, each machine is named with its number of runs."""
     hw = results["hardware"]
-    where = hw["gpu"] or f"{hw['cpu']}, {hw['cores']} cores"
-    return f"{where} ({hw['device']}, torch {hw['torch']})"
+    here = hw["gpu"] or hw["cpu"]
+    machines = results.get("machines") or {here: None}
+    if list(machines) == [here]:
+        where = hw["gpu"] or f"{hw['cpu']}, {hw['cores']} cores"
+        return f"{where} ({hw['device']}, torch {hw['torch']})"
+    runs = ", ".join(f"{name}: {n} run{'s' * (n != 1)}" for name, n in machines.items())
+    return f"{runs} (results written on {here}, {hw['cores']} cores, torch {hw['torch']})"
 
 
 def _cell(text: str) -> str:
