@@ -241,7 +241,7 @@ class Runner:
         from alexnet.info import cpu_model
 
         fields = {k: v for k, v in asdict(outcome).items() if k not in ("key", "run_dir")}
-        fields.update(code_version=self.code_version, cpu=cpu_model(), machine=machine(spec.config.run.device),
+        fields.update(code_version=self.code_version, cpu=cpu_model(), machine=self.machines[spec.key],
                       threads=_threads())
         write_record(self.records, spec.key, fields, spec.config)
 
