@@ -274,6 +274,41 @@ def test_conv1_tower_weight_gradient_equals_plain_conv():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_conv1_on_pixel_pairs_computes_the_plain_convolution():
+    """A channels-last batch read as half as wide with twice the channels (a view) and the kernels folded to
+    match: the same outputs and gradients as the plain conv1, at 224 (stride 4, padding 2) and on odd kernels."""
+    from alexnet.models import conv
+
+    torch.manual_seed(0)
+    for args, side in (((3, 8, 11, 4, 2), 224), ((3, 4, 5, 2, 2), 30), ((2, 6, 3, 2, 0), 16)):
+        ours = conv.TowerConv2d(*args).double()
+        plain = torch.nn.Conv2d(*args).double()
+        plain.load_state_dict(ours.state_dict())
+        x = torch.randn(2, args[0], side, side, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+        assert ours._folded(x) is not None
+        assert conv.fold_width(x).data_ptr() == x.data_ptr()  # a view: no copy
+        ya, yb = ours(x), plain(x)
+        g = torch.randn_like(ya)
+        ya.backward(g)
+        yb.backward(g)
+        torch.testing.assert_close(ya, yb, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(ours.weight.grad, plain.weight.grad, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(ours.bias.grad, plain.bias.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_conv1_folds_only_where_the_geometry_and_layout_allow():
+    from alexnet.models import conv
+
+    paper = create_model("alexnet").conv1
+    cl = torch.channels_last
+    assert paper._folded(torch.zeros(1, 3, 224, 224).contiguous(memory_format=cl)) == ((4, 2), (2, 1))
+    assert paper._folded(torch.zeros(1, 3, 224, 224)) is None  # the plain layout: the fold would copy
+    assert paper._folded(torch.zeros(1, 3, 227, 227).contiguous(memory_format=cl)) is None  # odd width
+    assert conv.TowerConv2d(3, 4, 3, 1, 1)._folded(torch.zeros(1, 3, 8, 8).contiguous(memory_format=cl)) is None
+    x = torch.zeros(1, 3, 224, 224).contiguous(memory_format=cl).requires_grad_()
+    assert paper._folded(x) is None  # the image's own gradient goes through the plain convolution
+
+
 def test_bf16_autocast_training_step_of_the_paper_net():
     torch.manual_seed(0)
     model = create_model("alexnet", num_classes=10)
@@ -314,3 +349,34 @@ def test_channels_last_is_chosen_on_a_cpu_with_avx512(monkeypatch):
     monkeypatch.setattr(info, "cpu_flags", lambda: ["avx2"])
     assert not info.channels_last_by_default(torch.device("cpu"), "bf16")
     assert not info.channels_last_by_default(torch.device("cpu"), "fp32")
+
+
+def test_the_last_pooling_gets_its_gradient_channels_last(monkeypatch):
+    """flatten's gradient is converted back to channels-last before the max-pool's backward (which would
+    otherwise convert its input to the plain layout and back); the gradients are the same either way."""
+    from alexnet.models import alexnet as module
+
+    seen = []
+    convert = module._as_channels_last
+
+    def spy(grad):
+        out = convert(grad)
+        seen.append(out.is_contiguous(memory_format=torch.channels_last))
+        return out
+
+    torch.manual_seed(0)
+    model = create_model("alexnet", num_classes=10).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    grads = []
+    for hooked in (True, False):
+        model.zero_grad()
+        if hooked:
+            monkeypatch.setattr(module, "_as_channels_last", spy)
+        else:
+            monkeypatch.setattr(module, "_channels_last_only", lambda t: False)
+        model.eval()
+        model(x).square().sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert seen == [True]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
