@@ -16,7 +16,7 @@ from alexnet.models.lrn import PAPER_LRN, cpp_kernel_available
 SHAPES = {"conv1": ((128, 96, 55, 55), 2), "conv2": ((128, 256, 27, 27), 2)}
 
 
-def timed(fn, repeats: int = 5) -> float:
+def timed(fn, repeats: int = 15) -> float:
     fn()
     times = []
     for _ in range(repeats):

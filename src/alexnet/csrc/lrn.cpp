@@ -677,7 +677,6 @@ inline void gather_pooled_gradient(const float* g, const uint8_t* arg, int64_t h
           const int64_t c = gr * w.Cg + v * 16;
           const __mmask16 m = lanes_left(w.Cg - v * 16);
           const __mmask16 hit = _mm_mask_cmpeq_epi8_mask(m, _mm_maskz_loadu_epi8(m, ao + c), code);
-          if (hit == 0) continue;
           float* dst = w.gq() + (gr * w.nv + v) * 16;
           _mm512_store_ps(dst, _mm512_mask_add_ps(_mm512_load_ps(dst), hit, _mm512_load_ps(dst),
                                                   _mm512_maskz_loadu_ps(hit, go + c)));
@@ -849,6 +848,81 @@ void nhwc_backward_position_fixed(const scalar_t* x, scalar_t* gx, const Params<
   }
 }
 
+// gather_pooled_gradient and nhwc_backward_position_fixed in one, for position (h, x) of one image (g, arg: its
+// pooled gradient and argmax codes, Ho x Wo x C): each tower's pooled gradient is summed in registers (in the
+// same window order, so to the same values), where the two-step version stored it and read it back.
+template <int NV, int H, typename scalar_t>
+void nhwc_backward_position_gathered(const float* g, const uint8_t* arg, int64_t h, int64_t x_, const PoolShape& sh,
+                                     int64_t K, int64_t S, const scalar_t* x, scalar_t* gx, const Params<float>& P,
+                                     int64_t groups) {
+  const int64_t C = sh.C, Cg = C / groups;
+  const int64_t i0 = h < K ? 0 : (h - K) / S + 1, i1 = std::min(sh.Ho - 1, h / S);
+  const int64_t j0 = x_ < K ? 0 : (x_ - K) / S + 1, j1 = std::min(sh.Wo - 1, x_ / S);
+  const __m512 zero = _mm512_setzero_ps(), va = _mm512_set1_ps(P.alpha), vk = _mm512_set1_ps(P.k);
+  const __m512 two_ab = _mm512_set1_ps(2.f * P.alpha * P.beta);
+  for (int64_t t_ = 0; t_ < groups; ++t_) {
+    __m512 xv[NV], a[NV], sq[NV], pw[NV], t[NV], gq[NV];
+    __mmask16 m[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      m[v] = lanes_left(Cg - v * 16);
+      gq[v] = zero;
+    }
+    for (int64_t i = i0; i <= i1; ++i) {
+      for (int64_t j = j0; j <= j1; ++j) {
+        const __m128i code = _mm_set1_epi8(static_cast<char>((h - i * S) * K + x_ - j * S));
+        const float* go = g + (i * sh.Wo + j) * C + t_ * Cg;
+        const uint8_t* ao = arg + (i * sh.Wo + j) * C + t_ * Cg;
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) {
+          const __mmask16 hit = _mm_mask_cmpeq_epi8_mask(m[v], _mm_maskz_loadu_epi8(m[v], ao + v * 16), code);
+          gq[v] = _mm512_mask_add_ps(gq[v], hit, gq[v], _mm512_maskz_loadu_ps(hit, go + v * 16));
+        }
+      }
+    }
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      xv[v] = load16(x + t_ * Cg + v * 16, m[v]);
+      a[v] = P.relu ? relu16(xv[v]) : xv[v];
+      sq[v] = _mm512_mul_ps(a[v], a[v]);
+    }
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      const __m512 s = _mm512_fmadd_ps(
+          va, window_sum16<H>(v > 0 ? sq[v - 1] : zero, sq[v], v + 1 < NV ? sq[v + 1] : zero), vk);
+      __m512 r;
+      pow_neg_three_quarters(s, pw[v], r);
+      t[v] = _mm512_mul_ps(_mm512_mul_ps(gq[v], a[v]), _mm512_mul_ps(pw[v], _mm512_mul_ps(r, r)));
+    }
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      const __m512 acc = window_sum16<H>(v > 0 ? t[v - 1] : zero, t[v], v + 1 < NV ? t[v + 1] : zero);
+      __m512 grad = _mm512_fnmadd_ps(_mm512_mul_ps(two_ab, xv[v]), acc, _mm512_mul_ps(gq[v], pw[v]));
+      if (P.relu) grad = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(xv[v], zero, _CMP_GT_OQ), grad);
+      store16(gx + t_ * Cg + v * 16, m[v], grad);
+    }
+  }
+}
+
+template <int H, typename scalar_t>
+using GatheredBackward = void (*)(const float*, const uint8_t*, int64_t, int64_t, const PoolShape&, int64_t, int64_t,
+                                  const scalar_t*, scalar_t*, const Params<float>&, int64_t);
+
+// The fused gather + backward for this tower width, or nullptr where there is none (then the two steps run).
+template <int H, typename scalar_t>
+GatheredBackward<H, scalar_t> gathered_backward_for(int64_t nv, float beta) {
+  if (beta != 0.75f) return nullptr;
+  switch (nv) {
+    case 1: return &nhwc_backward_position_gathered<1, H, scalar_t>;
+    case 2: return &nhwc_backward_position_gathered<2, H, scalar_t>;
+    case 3: return &nhwc_backward_position_gathered<3, H, scalar_t>;
+    case 4: return &nhwc_backward_position_gathered<4, H, scalar_t>;
+    case 6: return &nhwc_backward_position_gathered<6, H, scalar_t>;
+    case 8: return &nhwc_backward_position_gathered<8, H, scalar_t>;
+    default: return nullptr;
+  }
+}
+
 // The forward of one image (as nhwc_lrn_image_avx512) with NV, H known at compile time and beta 0.75.
 template <int NV, int H, typename scalar_t>
 void nhwc_lrn_image_fixed(const scalar_t* x, float* b, int64_t HW, int64_t C, int64_t Cp, const Params<float>& P,
@@ -951,6 +1025,27 @@ bool nhwc_backward_images_avx512(const acc_t* gp, const scalar_t* xp, const uint
     if (P.half < 1 || P.half > 2) return false;
     const int64_t C = sh.C, HW = sh.HW, out = sh.Ho * sh.Wo * C;
     TowerScratch w(C, groups);
+    const auto fused_any = [&]() -> bool {
+      const auto run = [&](auto fused) {
+        for (int64_t n = begin; n < end; ++n) {
+          for (int64_t q = 0; q < HW; ++q) {
+            fused(gp + n * out, ip + n * out, q / sh.W, q % sh.W, sh, pool_k, pool_s, xp + (n * HW + q) * C,
+                  gxp + (n * HW + q) * C, P, groups);
+          }
+        }
+      };
+      if (P.half == 2) {
+        const auto fused = gathered_backward_for<2, scalar_t>(w.nv, P.beta);
+        if (fused == nullptr) return false;
+        run(fused);
+      } else {
+        const auto fused = gathered_backward_for<1, scalar_t>(w.nv, P.beta);
+        if (fused == nullptr) return false;
+        run(fused);
+      }
+      return true;
+    };
+    if (fused_any()) return true;
     const auto lrn = P.half == 2 ? backward_position_for<2, scalar_t>(w.nv, P.beta)
                                  : backward_position_for<1, scalar_t>(w.nv, P.beta);
     for (int64_t n = begin; n < end; ++n) {
