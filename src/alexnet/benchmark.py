@@ -408,7 +408,7 @@ def format_end_to_end(e2e: dict) -> str:
             f"model-only rate; peak RssAnon {e2e['peak_rss_anon_gib']:.2f} GiB")
 
 
-def run_benchmark(store: str | os.PathLike, rounds: int = 6, batch: int = 128, e2e_epochs: int = 2,
+def run_benchmark(store: str | os.PathLike, rounds: int = 10, batch: int = 128, e2e_epochs: int = 2,
                   pipeline_batches: int = 40, workers: int = 2, log: Callable[[str], None] = print) -> dict:
     """Every measurement above; `store` is a prepared Imagenette store (256 px)."""
     store_path = Path(store)

@@ -20,7 +20,7 @@ def _benchmark(args: argparse.Namespace) -> int:
     Training steps (fp32, bf16) of the paper net, the paper net without LRN and torchvision's AlexNet in turn; centre
     and ten-crop inference; GFLOP/s against a matmul peak; our input pipeline vs torchvision's reference; the real
     training loop (a split in memory, and streamed from disk) vs the same network on one batch, with peak anonymous
-    memory. About 9 minutes on the 2-core development machine, twice that on one half as fast.
+    memory. About 20 minutes on a 2-core AMD EPYC (Zen 4), longer on a slower machine.
 
     example: alexnet benchmark --json > bench.json
     """
@@ -38,8 +38,9 @@ def _benchmark(args: argparse.Namespace) -> int:
 def add_benchmark(sub, shared: Parents) -> None:
     p = add_command(sub, "benchmark", func=_benchmark)
     p.add_argument("--store", default=None, help="prepared Imagenette store (default: the demo's, prepared once)")
-    p.add_argument("--rounds", type=int, default=6,
-                   help="alternating timed rounds, one step of each configuration a round (medians are kept)")
+    p.add_argument("--rounds", type=int, default=10,
+                   help="alternating timed rounds, one step of each configuration a round (medians are kept; a "
+                        "virtual machine's steps move by +-10 %% from round to round)")
     p.add_argument("--epochs", type=int, default=2,
                    help="whole epochs of the real training loop, in memory and streamed (the last one is compared)")
     # Not the shared --json: its help says where the progress goes, so that stdout can be redirected.
