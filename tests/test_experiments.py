@@ -197,6 +197,23 @@ def test_metrics_file_one_epoch_behind_its_checkpoint_is_caught_up_not_retrained
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
 
 
+def test_a_finished_run_folder_is_attributed_to_the_machine_that_trained_it(tmp_path, store):
+    """A runs folder shared between machines: the run's own environment.json names where it trained."""
+    spec = RunSpec("run", "relu", tiny_config(store, "run.epochs=1", *SMOKE), None)
+    Runner(tmp_path, log=lambda line: None).run(spec)
+    env_path = tmp_path / "run" / "environment.json"
+    env_path.write_text(json.dumps({**json.loads(env_path.read_text()), "cpu": "A shared CPU", "gpu": None}))
+    reader = Runner(tmp_path, log=lambda line: None)
+    reader.run(spec)
+    assert reader.trained_now == [] and reader.machines == {"run": "A shared CPU"}
+    env_path.unlink()  # a folder without one: the reading machine, as before
+    from alexnet.info import cpu_model
+
+    again = Runner(tmp_path, log=lambda line: None)
+    again.run(spec)
+    assert again.machines == {"run": cpu_model()}
+
+
 def test_records_outlive_the_runs_folder_and_a_changed_config_trains_again(tmp_path, store):
     spec = RunSpec("run", "relu", tiny_config(store, "run.epochs=1", *SMOKE), None, {"lr": 0.01})
     records = tmp_path / "records"

@@ -59,6 +59,11 @@ def channels_last_by_default(device: torch.device, precision: str) -> bool:
     return device.type == "cpu" and precision in ("bf16", "fp32") and "avx512f" in cpu_flags()
 
 
+def gpu_name(dev: torch.device) -> str | None:
+    """The GPU's name where `dev` is a CUDA device, else None."""
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
+
+
 def environment(device: str = "auto") -> dict:
     """The facts, as a JSON-ready dict."""
     dev = resolve_device(device)
@@ -74,7 +79,7 @@ def environment(device: str = "auto") -> dict:
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "threads": torch.get_num_threads(),
         "device": str(dev),
-        "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+        "gpu": gpu_name(dev),
         "allocator": in_use(),
         "lrn_cpu": path,
         "lrn_cpu_reason": why,

@@ -155,6 +155,8 @@ class Runner:
         self.machines[spec.key] = machine(spec.config.run.device)
         stored = self.finished(spec.key)
         if stored is not None and (stored.status == "diverged" or _complete(spec, stored.metrics)):
+            # trained earlier, perhaps elsewhere (a shared runs folder): the machine its run folder names
+            self.machines[spec.key] = trained_on(self.root / spec.key) or self.machines[spec.key]
             outcome = stored if stored.status == "diverged" else _prefix(spec, stored)
             if record is None or len(record["metrics"]) < outcome.epochs:
                 self._write_record(spec, outcome)  # a run finished before records were kept
@@ -256,13 +258,20 @@ def runs_per_machine(machines: dict[str, str]) -> dict[str, int]:
 
 def machine(device: str) -> str:
     """What a run on `device` ran on, for the experiments' tables: the GPU's name on CUDA, else the CPU model."""
-    import torch
-
     from alexnet.distributed import resolve_device
-    from alexnet.info import cpu_model
+    from alexnet.info import cpu_model, gpu_name
 
-    dev = resolve_device(device)
-    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model()
+    return gpu_name(resolve_device(device)) or cpu_model()
+
+
+def trained_on(run_dir: Path) -> str | None:
+    """The machine a run folder's environment.json names (its GPU, else its CPU), or None without one."""
+    path = RunPaths(run_dir).environment
+    try:
+        env = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return env.get("gpu") or env.get("cpu") or None
 
 
 def _threads() -> int:
