@@ -144,7 +144,8 @@ class AlexNet(nn.Module):
         lrn = cfg.lrn_params
         lrn_groups = 1 if cfg.lrn_across_towers else cfg.towers
         for spec in specs:
-            # conv1's towers both read the image; on the CPU its weight gradient is faster per tower.
+            # conv1's towers both read the image; on the CPU it runs on pixel pairs of a channels-last batch,
+            # or with its weight gradient per tower (alexnet.models.conv).
             per_tower = cfg.towers == 2 and in_channels == 3 and spec.groups == 1
             conv = (TowerConv2d if per_tower else nn.Conv2d)(
                 in_channels, spec.out_channels, spec.kernel, spec.stride, spec.padding, groups=spec.groups
