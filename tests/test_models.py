@@ -305,6 +305,8 @@ def test_conv1_folds_only_where_the_geometry_and_layout_allow():
     assert paper._folded(torch.zeros(1, 3, 224, 224)) is None  # the plain layout: the fold would copy
     assert paper._folded(torch.zeros(1, 3, 227, 227).contiguous(memory_format=cl)) is None  # odd width
     assert conv.TowerConv2d(3, 4, 3, 1, 1)._folded(torch.zeros(1, 3, 8, 8).contiguous(memory_format=cl)) is None
+    reflect = conv.TowerConv2d(3, 4, 11, 4, 2, padding_mode="reflect")
+    assert reflect._folded(torch.zeros(1, 3, 224, 224).contiguous(memory_format=cl)) is None
     x = torch.zeros(1, 3, 224, 224).contiguous(memory_format=cl).requires_grad_()
     assert paper._folded(x) is None  # the image's own gradient goes through the plain convolution
 

@@ -5,8 +5,8 @@ the channels, and the weight gradient computed tower by tower.
 (h, 2j + 1), so the same memory is also an image of width W / 2 with 6 channels, at no cost (a view). conv1's
 stride (4) and padding (2) are even, so each output reads whole pairs: 11 columns of 3 channels are 6 columns
 of 6 channels with one zero column, and the convolution over the folded image (stride (4, 2), padding (2, 1))
-computes the same sums. oneDNN's kernels work on pairs of input channels in bf16, so 3 channels cost as
-much as 4; 6 channels waste nothing but the zero column (AMD EPYC Zen 4, 2 threads, batch 128, bf16: the
+computes the same sums. oneDNN's bf16 kernels took as long for 3 input channels as for 4 (they work on
+pairs of channels); 6 channels waste nothing but the zero column (AMD EPYC Zen 4, 2 threads, batch 128, bf16: the
 forward 70.5 ms against 91.8 ms). The weight is folded the same way on every call (35 thousand values) and its
 gradient unfolded by autograd. Used where the batch is channels-last on the CPU and the geometry allows it.
 
@@ -82,6 +82,7 @@ class TowerConv2d(nn.Conv2d):
             or x.dim() != 4
             or x.requires_grad
             or isinstance(self.padding, str)
+            or self.padding_mode != "zeros"
             or not x.is_contiguous(memory_format=torch.channels_last)
             or x.is_contiguous()  # a single pixel or channel: either layout, keep the plain call
             or torch.jit.is_tracing()
