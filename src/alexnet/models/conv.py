@@ -69,6 +69,7 @@ class TowerConv2d(nn.Conv2d):
             or not torch.is_grad_enabled()
             or torch.is_autocast_enabled("cpu")  # the saved tensors would be fp32, the gradient bf16
             or isinstance(self.padding, str)
+            or self.padding_mode != "zeros"
         )
         if plain:
             return super().forward(x)
