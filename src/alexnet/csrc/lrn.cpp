@@ -810,47 +810,11 @@ void nhwc_lrn_backward_position(const scalar_t* __restrict x, const acc_t* __res
 }
 
 #if ALEXNET_AVX512
-// The backward of one position when the tower's width in vectors (NV) and the window (H) are known at compile
-// time and beta is 0.75: the same arithmetic as nhwc_lrn_backward_position_avx512, in the same order, with
-// every tower's vectors in registers instead of scratch memory (the loops unroll), which is where the generic
-// version spent its time (loop overhead and stores read straight back).
-template <int NV, int H, typename scalar_t>
-void nhwc_backward_position_fixed(const scalar_t* x, scalar_t* gx, const Params<float>& P, TowerScratch& w) {
-  const int64_t Cg = w.Cg;
-  const __m512 zero = _mm512_setzero_ps(), va = _mm512_set1_ps(P.alpha), vk = _mm512_set1_ps(P.k);
-  const __m512 two_ab = _mm512_set1_ps(2.f * P.alpha * P.beta);
-  for (int64_t g = 0; g < w.groups; ++g) {
-    __m512 xv[NV], a[NV], sq[NV], pw[NV], t[NV], gq[NV];
-    __mmask16 m[NV];
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) {
-      m[v] = lanes_left(Cg - v * 16);
-      xv[v] = load16(x + g * Cg + v * 16, m[v]);
-      a[v] = P.relu ? relu16(xv[v]) : xv[v];
-      sq[v] = _mm512_mul_ps(a[v], a[v]);
-      gq[v] = _mm512_load_ps(w.gq() + (g * NV + v) * 16);
-    }
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) {
-      const __m512 s = _mm512_fmadd_ps(
-          va, window_sum16<H>(v > 0 ? sq[v - 1] : zero, sq[v], v + 1 < NV ? sq[v + 1] : zero), vk);
-      __m512 r;
-      pow_neg_three_quarters(s, pw[v], r);
-      t[v] = _mm512_mul_ps(_mm512_mul_ps(gq[v], a[v]), _mm512_mul_ps(pw[v], _mm512_mul_ps(r, r)));
-    }
-#pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) {
-      const __m512 acc = window_sum16<H>(v > 0 ? t[v - 1] : zero, t[v], v + 1 < NV ? t[v + 1] : zero);
-      __m512 grad = _mm512_fnmadd_ps(_mm512_mul_ps(two_ab, xv[v]), acc, _mm512_mul_ps(gq[v], pw[v]));
-      if (P.relu) grad = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(xv[v], zero, _CMP_GT_OQ), grad);
-      store16(gx + g * Cg + v * 16, m[v], grad);
-    }
-  }
-}
-
-// gather_pooled_gradient and nhwc_backward_position_fixed in one, for position (h, x) of one image (g, arg: its
-// pooled gradient and argmax codes, Ho x Wo x C): each tower's pooled gradient is summed in registers (in the
-// same window order, so to the same values), where the two-step version stored it and read it back.
+// gather_pooled_gradient and nhwc_lrn_backward_position_avx512 in one, for position (h, x) of one image (g, arg:
+// its pooled gradient and argmax codes, Ho x Wo x C), when the tower's width in vectors (NV) and the window (H)
+// are known at compile time and beta is 0.75: the same arithmetic in the same order (the pooled gradient summed
+// in the same window order), with every tower's vectors in registers instead of scratch memory (the loops
+// unroll), where the two-step version spent its time on loop overhead and stores read straight back.
 template <int NV, int H, typename scalar_t>
 void nhwc_backward_position_gathered(const float* g, const uint8_t* arg, int64_t h, int64_t x_, const PoolShape& sh,
                                      int64_t K, int64_t S, const scalar_t* x, scalar_t* gx, const Params<float>& P,
@@ -904,13 +868,13 @@ void nhwc_backward_position_gathered(const float* g, const uint8_t* arg, int64_t
   }
 }
 
-template <int H, typename scalar_t>
+template <typename scalar_t>
 using GatheredBackward = void (*)(const float*, const uint8_t*, int64_t, int64_t, const PoolShape&, int64_t, int64_t,
                                   const scalar_t*, scalar_t*, const Params<float>&, int64_t);
 
 // The fused gather + backward for this tower width, or nullptr where there is none (then the two steps run).
 template <int H, typename scalar_t>
-GatheredBackward<H, scalar_t> gathered_backward_for(int64_t nv, float beta) {
+GatheredBackward<scalar_t> gathered_backward_for(int64_t nv, float beta) {
   if (beta != 0.75f) return nullptr;
   switch (nv) {
     case 1: return &nhwc_backward_position_gathered<1, H, scalar_t>;
@@ -968,23 +932,6 @@ auto forward_image_for(int64_t nv, float beta) -> void (*)(const scalar_t*, floa
   }
   return &nhwc_lrn_image_avx512<H, scalar_t>;
 }
-
-template <int H, typename scalar_t>
-auto backward_position_for(int64_t nv, float beta) -> void (*)(const scalar_t*, scalar_t*, const Params<float>&,
-                                                               TowerScratch&) {
-  if (beta == 0.75f) {
-    switch (nv) {
-      case 1: return &nhwc_backward_position_fixed<1, H, scalar_t>;
-      case 2: return &nhwc_backward_position_fixed<2, H, scalar_t>;
-      case 3: return &nhwc_backward_position_fixed<3, H, scalar_t>;
-      case 4: return &nhwc_backward_position_fixed<4, H, scalar_t>;
-      case 6: return &nhwc_backward_position_fixed<6, H, scalar_t>;
-      case 8: return &nhwc_backward_position_fixed<8, H, scalar_t>;
-      default: break;
-    }
-  }
-  return &nhwc_lrn_backward_position_avx512<H, scalar_t>;
-}
 #endif
 
 // Images [begin, end) of the channels-last forward and backward on the vector path; false where this build or
@@ -1025,29 +972,19 @@ bool nhwc_backward_images_avx512(const acc_t* gp, const scalar_t* xp, const uint
     if (P.half < 1 || P.half > 2) return false;
     const int64_t C = sh.C, HW = sh.HW, out = sh.Ho * sh.Wo * C;
     TowerScratch w(C, groups);
-    const auto fused_any = [&]() -> bool {
-      const auto run = [&](auto fused) {
-        for (int64_t n = begin; n < end; ++n) {
-          for (int64_t q = 0; q < HW; ++q) {
-            fused(gp + n * out, ip + n * out, q / sh.W, q % sh.W, sh, pool_k, pool_s, xp + (n * HW + q) * C,
-                  gxp + (n * HW + q) * C, P, groups);
-          }
+    const auto fused = P.half == 2 ? gathered_backward_for<2, scalar_t>(w.nv, P.beta)
+                                   : gathered_backward_for<1, scalar_t>(w.nv, P.beta);
+    if (fused != nullptr) {
+      for (int64_t n = begin; n < end; ++n) {
+        for (int64_t q = 0; q < HW; ++q) {
+          fused(gp + n * out, ip + n * out, q / sh.W, q % sh.W, sh, pool_k, pool_s, xp + (n * HW + q) * C,
+                gxp + (n * HW + q) * C, P, groups);
         }
-      };
-      if (P.half == 2) {
-        const auto fused = gathered_backward_for<2, scalar_t>(w.nv, P.beta);
-        if (fused == nullptr) return false;
-        run(fused);
-      } else {
-        const auto fused = gathered_backward_for<1, scalar_t>(w.nv, P.beta);
-        if (fused == nullptr) return false;
-        run(fused);
       }
       return true;
-    };
-    if (fused_any()) return true;
-    const auto lrn = P.half == 2 ? backward_position_for<2, scalar_t>(w.nv, P.beta)
-                                 : backward_position_for<1, scalar_t>(w.nv, P.beta);
+    }
+    const auto lrn = P.half == 2 ? &nhwc_lrn_backward_position_avx512<2, scalar_t>
+                                 : &nhwc_lrn_backward_position_avx512<1, scalar_t>;
     for (int64_t n = begin; n < end; ++n) {
       for (int64_t q = 0; q < HW; ++q) {
         gather_pooled_gradient(gp + n * out, ip + n * out, q / sh.W, q % sh.W, sh, pool_k, pool_s, w);
