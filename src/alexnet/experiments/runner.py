@@ -33,6 +33,7 @@ import os
 import statistics
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -152,11 +153,10 @@ class Runner:
                 self.machines[spec.key] = record.get("machine") or record.get("cpu") or "unknown"
                 return _prefix(spec, outcome)
             # the spec asks more epochs than the record holds: continue the run folder (or train it anew)
-        self.machines[spec.key] = machine(spec.config.run.device)
         stored = self.finished(spec.key)
         if stored is not None and (stored.status == "diverged" or _complete(spec, stored.metrics)):
             # trained earlier, perhaps elsewhere (a shared runs folder): the machine its run folder names
-            self.machines[spec.key] = trained_on(self.root / spec.key) or self.machines[spec.key]
+            self.machines[spec.key] = trained_on(self.root / spec.key) or machine(spec.config.run.device)
             outcome = stored if stored.status == "diverged" else _prefix(spec, stored)
             if record is None or len(record["metrics"]) < outcome.epochs:
                 self._write_record(spec, outcome)  # a run finished before records were kept
@@ -165,6 +165,8 @@ class Runner:
 
         from alexnet.errors import NonFiniteLossError
         from alexnet.train import fit
+
+        self.machines[spec.key] = machine(spec.config.run.device)
 
         # Tiny initial weights (cuda-convnet's 1e-4) make denormal floats, whose arithmetic is slow on a CPU;
         # flushing them to zero changes nothing a network can notice (GPUs of the time flushed them too).
@@ -250,10 +252,7 @@ class Runner:
 
 def runs_per_machine(machines: dict[str, str]) -> dict[str, int]:
     """{machine: how many of the runs it trained}, the most runs first (ties by name)."""
-    counts: dict[str, int] = {}
-    for name in machines.values():
-        counts[name] = counts.get(name, 0) + 1
-    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+    return dict(sorted(Counter(machines.values()).items(), key=lambda item: (-item[1], item[0])))
 
 
 def machine(device: str) -> str:
