@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from alexnet.models.conv import TowerConv2d
+from alexnet.models.conv import TowerConv2d, tracing
 from alexnet.models.dropout import DROPOUT_FORMS, dropout_layer
 from alexnet.models.lrn import PAPER_LRN, LocalResponseNorm, LRNMaxPool, LRNParams
 
@@ -181,7 +181,7 @@ class AlexNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images -> fc7 activations after ReLU, (N, 4096); before dropout, so deterministic in eval()."""
         x = self.conv_features(x)
-        if x.requires_grad and _channels_last_only(x) and not _tracing():
+        if x.requires_grad and _channels_last_only(x) and not tracing():
             # flatten's gradient comes back in the plain layout, and torch's max-pool backward would then
             # convert its channels-last input and gradient to it and back (13 ms a batch of 128 in fp32)
             x.register_hook(_as_channels_last)
@@ -195,10 +195,6 @@ class AlexNet(nn.Module):
 
 def _channels_last_only(x: torch.Tensor) -> bool:
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-
-
-def _tracing() -> bool:
-    return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 def _as_channels_last(grad: torch.Tensor) -> torch.Tensor:

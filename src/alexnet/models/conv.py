@@ -86,8 +86,7 @@ class TowerConv2d(nn.Conv2d):
             or self.padding_mode != "zeros"
             or not x.is_contiguous(memory_format=torch.channels_last)
             or x.is_contiguous()  # a single pixel or channel: either layout, keep the plain call
-            or torch.jit.is_tracing()
-            or torch.compiler.is_compiling()
+            or tracing()
         ):
             return None
         (sh, sw), (ph, pw), kw, width = self.stride, self.padding, self.kernel_size[1], x.shape[-1]
@@ -100,6 +99,12 @@ class TowerConv2d(nn.Conv2d):
 
 
 FOLD = True  # False: always the plain convolution (for measuring the fold against it)
+
+
+def tracing() -> bool:
+    """Whether the module is being traced or compiled (TorchScript, torch.compile, torch.export): then the
+    layers take their plain form, which every tracer knows."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 def fold_width(x: torch.Tensor) -> torch.Tensor:
